@@ -1,0 +1,217 @@
+"""The three autoencoders and their losses: bottleneck (BAE), denoising (DAE), variational (VAE).
+
+    python train.py --model bae    # MNIST, MSE loss
+    python train.py --model dae    # varianceMNIST, Gaussian corruption, mask decoder
+    python train.py --model vae    # varianceMNIST, KL + Gaussian negative log-likelihood
+
+This file needs only torch, so it can be copied alone into another project. Every model maps a
+batch of images of shape (B, 1, 28, 28) to a K-dimensional code with `model.encode(x)`, and every
+loss is a plain function `loss(model, x) -> scalar` that the training loop calls.
+
+Ideas and papers:
+- bottleneck autoencoder: Hinton & Salakhutdinov, "Reducing the dimensionality of data with
+  neural networks", Science 2006 (the 784-1000-500-250-K shape comes from there);
+- denoising autoencoder: Vincent et al., "Extracting and composing robust features with denoising
+  autoencoders", ICML 2008; the mask decoder is the form of the optimal denoiser of a Gaussian
+  pixel, derived above `DenoisingAE`;
+- variational autoencoder: Kingma & Welling, "Auto-encoding variational Bayes", ICLR 2014.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -------------------------------------------------------------------------------------------------
+# Bottleneck autoencoder: 784-1000-500-250-K and back, trained to copy its input through K numbers.
+
+
+class BottleneckAE(nn.Module):
+    def __init__(self, n_components=10):
+        super().__init__()
+        self.n_components = n_components
+        self.encoder = nn.Sequential(
+            nn.Flatten(),  # (B, 1, 28, 28) -> (B, 784)
+            nn.Linear(784, 1000), nn.ReLU(),
+            nn.Linear(1000, 500), nn.ReLU(),
+            nn.Linear(500, 250), nn.ReLU(),
+            nn.Linear(250, n_components),  # no ReLU: the code may take any real value
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(n_components, 250), nn.ReLU(),
+            nn.Linear(250, 500), nn.ReLU(),
+            nn.Linear(500, 1000), nn.ReLU(),
+            nn.Linear(1000, 784),
+            nn.Unflatten(1, (1, 28, 28)),  # (B, 784) -> (B, 1, 28, 28)
+        )
+
+    def encode(self, x):
+        return self.encoder(x)  # (B, 1, 28, 28) -> (B, K)
+
+    def forward(self, x):
+        return self.decoder(self.encode(x))  # the reconstruction, (B, 1, 28, 28)
+
+
+def bae_loss(model, x):
+    # Mean squared error per pixel, in the units of the [0, 1] pixel intensities.
+    return F.mse_loss(model(x), x)
+
+
+# -------------------------------------------------------------------------------------------------
+# The convolutional encoder and decoder shared in shape by the DAE and the VAE.
+# Two unpadded 5x5 convolutions take 28x28 to 24x24 to 20x20, so the flat feature is 16*20*20=6400.
+
+
+def conv_encoder_body():
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5), nn.ReLU(),  # (B, 1, 28, 28) -> (B, 6, 24, 24)
+        nn.Conv2d(6, 16, 5), nn.ReLU(),  # -> (B, 16, 20, 20)
+        nn.Flatten(),  # -> (B, 6400)
+        nn.Linear(6400, 250), nn.ReLU(),  # -> (B, 250)
+    )
+
+
+def conv_decoder_body(n_components):
+    return nn.Sequential(
+        nn.Linear(n_components, 250), nn.ReLU(),  # (B, K) -> (B, 250)
+        nn.Linear(250, 6400), nn.ReLU(),  # -> (B, 6400)
+        nn.Unflatten(1, (16, 20, 20)),  # -> (B, 16, 20, 20)
+        nn.ConvTranspose2d(16, 6, 5), nn.ReLU(),  # -> (B, 6, 24, 24)
+    )
+
+
+# -------------------------------------------------------------------------------------------------
+# Denoising autoencoder.
+#
+# In varianceMNIST a pixel is x = s * e with s its MNIST intensity and e ~ N(0, 1), so given s the
+# pixel is x ~ N(0, s^2). We corrupt it with x~ = x + n, n ~ N(0, sigma_n^2). Both are zero-mean
+# Gaussians, so (x, x~) is jointly Gaussian and the best estimate of x in squared error is linear:
+#
+#     E[x | x~] = Cov(x, x~) / Var(x~) * x~ = s^2 / (s^2 + sigma_n^2) * x~
+#               = x~ * 1 / (1 + sigma_n^2 / s^2)
+#               = x~ * sigmoid(log s^2 - log sigma_n^2)           since sigmoid(a) = 1 / (1 + e^-a)
+#
+# The optimal denoiser multiplies the noisy pixel by a number in (0, 1) that depends only on the
+# pixel's variance: near 1 on the strokes of the digit (s^2 >> sigma_n^2), near 0 on the background.
+# So the decoder outputs that mask, m = sigmoid(f), and the denoised image is x~ * m. The mask can
+# only be right if the K-number code says where the strokes are, which is why the DAE learns digit
+# shapes where a plain autoencoder of x (whose best output, knowing nothing of e, is 0) does not.
+#
+# No BatchNorm: the mask decoder trains well without it here, BatchNorm would make the code of one
+# image depend on the rest of its batch in training mode, and a copied file stays simpler without.
+
+
+class DenoisingAE(nn.Module):
+    def __init__(self, n_components=10):
+        super().__init__()
+        self.n_components = n_components
+        self.encoder = nn.Sequential(conv_encoder_body(), nn.Linear(250, n_components))
+        self.decoder = nn.Sequential(
+            conv_decoder_body(n_components),
+            nn.ConvTranspose2d(6, 1, 5),  # (B, 6, 24, 24) -> (B, 1, 28, 28), the mask's logits f
+        )
+
+    def encode(self, x):
+        return self.encoder(x)  # (B, 1, 28, 28) -> (B, K)
+
+    def mask(self, x_noisy):
+        # m = sigmoid(f(code)), in (0, 1), shape (B, 1, 28, 28)
+        return torch.sigmoid(self.decoder(self.encode(x_noisy)))
+
+    def forward(self, x_noisy):
+        # g(x~) = x~ * sigmoid(f): the form of the optimal denoiser derived above
+        return x_noisy * self.mask(x_noisy)
+
+
+def dae_loss(model, x, noise_std=0.2):
+    # Corrupt the (varianceMNIST) input with fresh Gaussian noise and ask for the clean pixels back.
+    # The noise is drawn here, every call, from torch's global generator on x's device.
+    x_noisy = x + noise_std * torch.randn_like(x)  # x~ = x + n, n ~ N(0, sigma_n^2)
+    return F.mse_loss(model(x_noisy), x)
+
+
+# -------------------------------------------------------------------------------------------------
+# Variational autoencoder.
+#
+# Generative model:   p(z) = N(0, I),   p(x | z) = N(x | mu_x(z), diag(exp(logvar_x(z))))
+# Approximate posterior (the encoder):   q(z | x) = N(z | mu_z(x), diag(exp(logvar_z(x))))
+#
+# The decoder predicts a variance for every pixel, which is exactly what varianceMNIST needs: the
+# digit's shape is in the variances. But background pixels of varianceMNIST are exactly 0, and a
+# Gaussian whose variance goes to 0 at a point where the data sits has a log-likelihood that goes
+# to +infinity. Left alone, training pours all its effort into shrinking the background variances
+# and never learns the strokes. So the predicted log-variance is floored, softly, at min_logvar:
+#
+#     logvar = min_logvar + softplus(logvar_raw - min_logvar)   (>= min_logvar, smooth, ~identity above)
+#
+# min_logvar = -6 means a smallest standard deviation of exp(-3) ~ 0.05 in [0, 1] pixel units.
+
+
+class VAE(nn.Module):
+    def __init__(self, n_components=10, min_logvar=-6.0):
+        super().__init__()
+        self.n_components = n_components
+        self.encoder = conv_encoder_body()
+        self.enc_mu = nn.Linear(250, n_components)  # mean of q(z | x)
+        self.enc_logvar = nn.Linear(250, n_components)  # log-variance of q(z | x)
+        self.decoder = conv_decoder_body(n_components)
+        self.dec_mu = nn.ConvTranspose2d(6, 1, 5)  # mean of p(x | z), (B, 1, 28, 28)
+        self.dec_logvar = nn.ConvTranspose2d(6, 1, 5)  # log-variance of p(x | z), before the floor
+        # A buffer, not a parameter: it is saved with the model and moves with .to(device), but the
+        # optimizer never changes it.
+        self.register_buffer("min_logvar", torch.tensor(float(min_logvar)))
+
+    def encode_dist(self, x):
+        h = self.encoder(x)  # (B, 1, 28, 28) -> (B, 250)
+        return self.enc_mu(h), self.enc_logvar(h)  # two (B, K)
+
+    def encode(self, x):
+        # The code of an image is the mean of its approximate posterior.
+        return self.encode_dist(x)[0]
+
+    def decode(self, z):
+        h = self.decoder(z)  # (B, K) -> (B, 6, 24, 24)
+        logvar = self.dec_logvar(h)
+        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)  # the soft floor
+        return self.dec_mu(h), logvar  # two (B, 1, 28, 28)
+
+    def forward(self, x):
+        mu_z, logvar_z = self.encode_dist(x)
+        z = reparameterize(mu_z, logvar_z)
+        mu_x, logvar_x = self.decode(z)
+        return mu_x, logvar_x, mu_z, logvar_z
+
+
+def reparameterize(mu, logvar):
+    # z = mu + sigma * eps, eps ~ N(0, I): a sample of N(mu, sigma^2) written as a differentiable
+    # function of (mu, sigma), so gradients flow through the sampling (Kingma & Welling, sec. 2.4).
+    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+
+def kl_to_standard_normal(mu, logvar):
+    # KL(N(mu, sigma^2) || N(0, 1)) in closed form, summed over the latent dimensions
+    # (Kingma & Welling, appendix B):
+    #     KL = 1/2 * sum_j (mu_j^2 + sigma_j^2 - 1 - log sigma_j^2)
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)  # (B, K) -> (B,)
+
+
+def gaussian_nll(x, mu, logvar):
+    # -log N(x | mu, sigma^2) without its constant (D/2) log(2 pi), summed over the D = 784 pixels:
+    #     1/2 * sum_i (log sigma_i^2 + (x_i - mu_i)^2 / sigma_i^2)
+    # (the constant does not move the optimum; with it, add 784/2 * log(2 pi) ~ 720.4 nats)
+    return 0.5 * (logvar + (x - mu).pow(2) * torch.exp(-logvar)).flatten(1).sum(dim=1)  # (B,)
+
+
+def vae_loss(model, x):
+    # Negative ELBO per image, averaged over the batch:
+    #     -ELBO = KL(q(z|x) || p(z)) + E_q[-log p(x | z)]
+    # with the expectation estimated by one reparameterised sample z ~ q(z | x).
+    mu_x, logvar_x, mu_z, logvar_z = model(x)
+    return (kl_to_standard_normal(mu_z, logvar_z) + gaussian_nll(x, mu_x, logvar_x)).mean()
+
+
+# One visible table: the model class and the loss for each --model. train.py picks from it.
+MODELS = {"bae": BottleneckAE, "dae": DenoisingAE, "vae": VAE}
+
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)  # the per-pixel constant the NLL above leaves out

@@ -1,0 +1,45 @@
+"""Shared fixtures: where the repository and MNIST are, and how to run the real commands."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # the tests import ae, data, evaluate, train as a reader would
+
+
+def find_mnist():
+    # MNIST_DIR if set; else the offline copy beside the checkout (../shared/data on the team's
+    # machines and in CI); else data/ in the repository, where train.py downloads it by default.
+    candidates = [os.environ.get("MNIST_DIR"), os.path.join(REPO, "..", "shared", "data"), os.path.join(REPO, "data")]
+    for root in candidates:
+        if root and os.path.exists(os.path.join(root, "MNIST", "raw", "t10k-labels-idx1-ubyte")):
+            return os.path.abspath(root)
+    return os.path.join(REPO, "data")  # not there yet: the first test to load it downloads it
+
+
+MNIST_DIR = find_mnist()
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    return MNIST_DIR
+
+
+def run_script(script, *args, cwd=None, env=None, timeout=600):
+    """Runs `python <script> args...` as a user would, from another folder; returns CompletedProcess."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)], cwd=cwd,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_clean_error(proc, *needles, code=2):
+    """A mistake of the user's: the given exit status, one line on stderr, no traceback."""
+    err = proc.stderr.strip()
+    assert proc.returncode == code, f"exit {proc.returncode}, expected {code}; stderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(err.splitlines()) == 1, f"expected one line on stderr, got:\n{proc.stderr}"
+    for needle in needles:
+        assert needle in err, f"{needle!r} not in: {err}"
