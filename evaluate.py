@@ -241,6 +241,10 @@ def evaluate_checkpoint(path, data_dir, device="cpu"):
     device = torch.device(device)
     ckpt = load_checkpoint(path, map_location="cpu")
     config, out = ckpt["config"], os.path.dirname(os.path.abspath(path))
+    needed = ["model", "dataset", "n_components", "noise_std"]
+    if not isinstance(config, dict) or any(k not in config for k in needed) or config["model"] not in ae.MODELS:
+        raise CheckpointError(f"{path} has no usable config (it needs {', '.join(needed)}, and a model "
+                              f"among {', '.join(ae.MODELS)}); was it written by train.py?")
     model = ae.MODELS[config["model"]](config["n_components"])
     try:
         model.load_state_dict(ckpt["model"])

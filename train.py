@@ -37,9 +37,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #   batch_size: large enough that the matrix multiplies run near the CPU's peak, small enough for
 #     many updates per epoch; lr: Adam's step size at the peak of the schedule (see lr_at).
 DEFAULTS = {
-    "bae": dict(dataset="mnist", epochs=3, long_epochs=30, batch_size=256, lr=2e-3),
-    "dae": dict(dataset="variance", epochs=3, long_epochs=30, batch_size=128, lr=2e-3),
-    "vae": dict(dataset="variance", epochs=4, long_epochs=40, batch_size=128, lr=2e-3),
+    "bae": dict(dataset="mnist", epochs=3, long_epochs=20, batch_size=128, lr=2e-3),
+    "dae": dict(dataset="variance", epochs=3, long_epochs=10, batch_size=128, lr=3e-3),
+    "vae": dict(dataset="variance", epochs=4, long_epochs=12, batch_size=128, lr=2e-3),
 }
 
 
@@ -85,11 +85,11 @@ def get_parser():
     p.add_argument("--dataset", choices=["mnist", "variance"],
                    help="mnist or varianceMNIST (default: mnist for bae, variance for dae and vae)")
     p.add_argument("--epochs", type=positive(int),
-                   help="passes over the training set (default: bae 3, dae 3, vae 4; --long: 30, 30, 40)")
+                   help="passes over the training set (default: bae 3, dae 3, vae 4; with --long: 20, 10, 12)")
     p.add_argument("--long", action="store_true",
                    help="the longer run behind the README's best numbers (more epochs, same everything else)")
-    p.add_argument("--batch-size", type=positive(int), help="images per step (default: bae 256, dae 128, vae 128)")
-    p.add_argument("--lr", type=positive(float), help="peak Adam learning rate (default: 2e-3)")
+    p.add_argument("--batch-size", type=positive(int), help="images per step (default: 128)")
+    p.add_argument("--lr", type=positive(float), help="peak Adam learning rate (default: bae 2e-3, dae 3e-3, vae 2e-3)")
     p.add_argument("--n-components", type=positive(int), help="K, the size of the code (default: 10)")
     p.add_argument("--noise-std", type=non_negative_float,
                    help="std of the DAE's Gaussian corruption, in pixel units (default: 0.2)")
@@ -184,7 +184,7 @@ def test_loss(model, loss_fn, images, dataset, batch_size, device):
     # per-epoch numbers are comparable. fork_rng puts the training generators back afterwards, so
     # measuring the test loss never changes what training draws next.
     model.eval()
-    devices = [device] if device.type == "cuda" else []
+    devices = [torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(1234)
         total = 0.0
@@ -211,8 +211,10 @@ def train(model, config, train_images, test_images, device, out, state=None):
     # fused=True does Adam's whole update in one kernel instead of a dozen tensor ops per step:
     # on a 2-core CPU that is 2 ms a step instead of 11 for the BAE's 2.8M parameters.
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], fused=device.type in ("cpu", "cuda"))
-    n, bs = train_images.shape[0], config["batch_size"]
-    steps_per_epoch = math.ceil(n / bs)
+    n, bs = train_images.shape[0], min(config["batch_size"], train_images.shape[0])
+    # Full batches only: the few images left over are seen in other epochs, and no step has a
+    # tiny, noisy batch.
+    steps_per_epoch = n // bs
     total_steps = config["epochs"] * steps_per_epoch
     history = {"loss_history": [], "test_loss_history": [], "train_seconds": 0.0}
     start_epoch, start_step, perm, loss_sum, seen = 0, 0, None, 0.0, 0
@@ -242,7 +244,7 @@ def train(model, config, train_images, test_images, device, out, state=None):
             if perm is None:  # a new epoch: a new order (a resumed epoch keeps the order it had)
                 perm = torch.randperm(n, device=device)
                 loss_sum, seen = 0.0, 0
-            batches = perm.split(bs)
+            batches = perm[: steps_per_epoch * bs].view(steps_per_epoch, bs)  # (steps, B) indices
             t0, seen_before = time.perf_counter(), seen
             for step in range(start_step, steps_per_epoch):
                 idx = batches[step]
@@ -280,11 +282,12 @@ def train(model, config, train_images, test_images, device, out, state=None):
             save_state(epoch + 1, 0, None)  # the state at the end of this epoch: the last good one
     finally:
         signal.signal(signal.SIGINT, previous_handler)
-    history["samples_per_second"] = config["epochs"] * n / history["train_seconds"]
+    history["samples_per_second"] = config["epochs"] * steps_per_epoch * bs / history["train_seconds"]
     return history
 
 
-def prepare_out(args, config):
+def check_out(args, config):
+    """The output folder, after making sure this run will not destroy a result in it."""
     out = args.out or os.path.join(HERE, "runs", f"{config['model']}-{config['dataset']}")
     finished = os.path.exists(os.path.join(out, "model.pt"))
     resumable = os.path.exists(os.path.join(out, "resume.pt"))
@@ -298,6 +301,11 @@ def prepare_out(args, config):
         if resumable:
             raise UserError(f"{out} holds an interrupted run (resume.pt); pass --resume to continue "
                             f"it or --force to start over")
+    return out
+
+
+def make_out(out):
+    # Find out now, not after an hour of training, whether the results can be saved.
     try:
         os.makedirs(out, exist_ok=True)
         probe = os.path.join(out, f".write-test-{os.getpid()}")
@@ -306,22 +314,33 @@ def prepare_out(args, config):
         os.remove(probe)
     except OSError as e:
         raise UserError(f"cannot write to --out {out}: {e.strerror}; choose another --out") from None
-    return out
 
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
     try:
         return run(args)
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (loading data, evaluating)
+        print("interrupted", file=sys.stderr)
+        return 130
     except (UserError, data.DataError, evaluate.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a folder removed under us: every save is atomic, so
+        # whatever was in --out before is still whole
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: could not read or write a file{where}: {e.strerror or e}; files already in "
+              f"the output folder are untouched", file=sys.stderr)
+        return 1
 
 
 def run(args):
     config = make_config(args)
+    if config["model"] != "bae" and min(config["batch_size"], config["train_size"]) < 2:
+        raise UserError("the conv encoder's BatchNorm needs at least 2 images a batch; use a "
+                        "larger --batch-size (and --train-size)")
     device = pick_device(args.device)
-    out = prepare_out(args, config)
+    out = check_out(args, config)
 
     state = None
     if args.resume:
@@ -342,6 +361,7 @@ def run(args):
     train_images, _ = data.load_mnist(args.data_dir, train=True, device=device)
     test_images, _ = data.load_mnist(args.data_dir, train=False, device=device)
     train_images = train_images[: config["train_size"]]
+    make_out(out)  # only now: a mistake found above leaves no empty folder behind
 
     model = ae.MODELS[config["model"]](config["n_components"]).to(device)
     print(f"{config['model']} on {config['dataset']}: {sum(p.numel() for p in model.parameters()):,} "
@@ -351,7 +371,7 @@ def run(args):
     try:
         history = train(model, config, train_images, test_images, device, out, state)
     except Interrupted:
-        print(f"\ninterrupted: saved the training state to {os.path.join(out, 'resume.pt')}; "
+        print(f"{chr(10) if sys.stderr.isatty() else ''}interrupted: saved the training state to {os.path.join(out, 'resume.pt')}; "
               f"continue with: python train.py --model {config['model']} --out {out} --resume",
               file=sys.stderr)
         return 130

@@ -1,0 +1,150 @@
+"""Benchmark: train every model with its defaults and its --long preset, and print one table.
+
+    python tests/benchmark.py --data-dir ../shared/data             # everything, about an hour on 2 cores
+    python tests/benchmark.py --data-dir ../shared/data --skip-long # the default runs only, ~7 minutes
+
+Not collected by pytest (timings are figures here, never assertions in tests). For every run it
+reports the probe accuracy beside the reference implementation's, the quality ratio of the model,
+the training time beside the goal (a fifth of the reference's), training images/s, and the
+fraction of the machine's fp32 matmul peak that those images/s amount to. The machine's peak is
+measured in the same run. The table goes to stdout and, as JSON, to --json.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+import ae  # noqa: E402
+
+# The original implementation (see ../shared/seed.md): its probe accuracy, and its training time
+# on a 2-core machine like ours; the goal is its accuracy in a fifth of its time.
+REFERENCE = {"bae": (0.8982, 170.0), "dae": (0.8915, 475.0), "vae": (0.8872, 750.0)}
+
+
+def matmul_flops(device, n=2048, repeats=20):
+    """The best fp32 FLOP/s of an n x n matmul on `device` (2 n^3 FLOPs each)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    best = 0.0
+    for _ in range(3):
+        for _ in range(2):
+            a @ b  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 2 * n ** 3 * repeats / (time.perf_counter() - t))
+    return best
+
+
+def training_flops_per_image(model_name, k=10):
+    """FLOPs of one training image, forward and backward, counting the Linear and conv layers.
+
+    A layer of M multiply-adds costs 2M FLOPs forward, 2M for its weight gradient and 2M for its
+    input gradient, except the first layer, whose input needs no gradient. Elementwise work
+    (ReLU, loss, Adam) is left out: it is small next to the layers and not matmul-shaped.
+    """
+    model = ae.MODELS[model_name](k)
+    macs = []
+
+    def hook(module, inputs, output):
+        if isinstance(module, torch.nn.Linear):
+            macs.append(module.in_features * module.out_features)
+        elif isinstance(module, torch.nn.Conv2d):  # each output element: in_ch * kh * kw
+            macs.append(output[0].numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1])
+        elif isinstance(module, torch.nn.ConvTranspose2d):  # each input element: out_ch * kh * kw
+            macs.append(inputs[0][0].numel() * module.out_channels * module.kernel_size[0] * module.kernel_size[1])
+
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        model(torch.zeros(1, 1, 28, 28))
+    return 2 * macs[0] * 2 + sum(2 * m * 3 for m in macs[1:])
+
+
+def run(model, preset, dataset, args):
+    out = os.path.join(args.out, f"{model}-{dataset}-{preset}")
+    cmd = [sys.executable, os.path.join(REPO, "train.py"), "--model", model, "--dataset", dataset,
+           "--data-dir", args.data_dir, "--out", out, "--force", "--device", args.device]
+    if preset == "long":
+        cmd.append("--long")
+    print("$", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, check=True)
+    with open(os.path.join(out, "metrics.json")) as f:
+        return json.load(f)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", default=os.path.join(REPO, "data"), help="folder holding MNIST/raw")
+    p.add_argument("--out", default=os.path.join(REPO, "runs", "benchmark"), help="where the runs go")
+    p.add_argument("--json", default=None, help="where the table goes as JSON (default: <out>/benchmark.json)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--skip-long", action="store_true", help="only the default runs")
+    p.add_argument("--models", default="bae,dae,vae", help="comma-separated subset")
+    args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    peak = matmul_flops(device)
+    print(f"fp32 matmul peak on {device}: {peak / 1e9:.1f} GFLOP/s, {torch.get_num_threads()} threads", flush=True)
+
+    plan = []
+    for model in args.models.split(","):
+        dataset = "mnist" if model == "bae" else "variance"
+        plan.append((model, "default", dataset))
+        if model == "bae":
+            plan.append((model, "default", "variance"))  # the negative control
+        if not args.skip_long:
+            plan.append((model, "long", dataset))
+
+    rows = []
+    for model, preset, dataset in plan:
+        m = run(model, preset, dataset, args)
+        flops = training_flops_per_image(model, m["config"]["n_components"])
+        ref_acc, ref_seconds = REFERENCE[model]
+        if model == "bae":
+            quality = ("test_mse / pca_test_mse", m["test_mse"] / m["pca_test_mse"])
+        elif model == "dae":
+            quality = ("mse_over_oracle", m.get("mse_over_oracle"))
+        else:
+            quality = ("neg_elbo - oracle_nll (nats)", m["test_neg_elbo"] - m.get("oracle_nll", float("nan")))
+        rows.append({
+            "model": model, "data": dataset, "preset": preset, "epochs": m["config"]["epochs"],
+            "batch_size": m["config"]["batch_size"], "probe_test_accuracy": m["probe_test_accuracy"],
+            "reference_accuracy": ref_acc, "quality_name": quality[0], "quality": quality[1],
+            "train_seconds": m["train_seconds"], "goal_seconds": ref_seconds / 5,
+            "images_per_second": m["samples_per_second"], "train_gflop_per_image": flops / 1e9,
+            "fraction_of_peak": m["samples_per_second"] * flops / peak, "device": m["device"],
+        })
+
+    header = (f"{'model':5} {'data':8} {'preset':7} {'ep':>3} {'probe':>6} {'ref':>6} {'train s':>8} {'goal s':>6} "
+              f"{'img/s':>6} {'peak%':>6}  quality")
+    print("\n" + header + "\n" + "-" * len(header))
+    for r in rows:
+        print(f"{r['model']:5} {r['data']:8} {r['preset']:7} {r['epochs']:3d} {r['probe_test_accuracy']:6.2%} "
+              f"{r['reference_accuracy']:6.2%} {r['train_seconds']:8.1f} {r['goal_seconds']:6.0f} "
+              f"{r['images_per_second']:6.0f} {r['fraction_of_peak']:6.1%}  {r['quality_name']} = {r['quality']:.3f}")
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}",
+              "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "matmul_gflops": peak / 1e9, "rows": rows}
+    path = args.json or os.path.join(args.out, "benchmark.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

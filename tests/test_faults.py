@@ -1,0 +1,245 @@
+"""Bad input and faults: one clear line and a non-zero exit, never a traceback, never a lost model.
+Every case runs the real command in a subprocess."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, assert_clean_error, run_script
+
+TINY = ["--epochs", "1", "--train-size", "500", "--batch-size", "100", "--no-eval"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model", "gan"], "invalid choice: 'gan'"),
+    (["--model", "bae", "--dataset", "cifar"], "invalid choice: 'cifar'"),
+    (["--model", "bae", "--device", "tpu"], "invalid choice: 'tpu'"),
+    (["--model", "bae", "--epochs", "0"], "--epochs: must be positive"),
+    (["--model", "bae", "--batch-size", "-3"], "--batch-size: must be positive"),
+    (["--model", "bae", "--lr", "0"], "--lr: must be positive"),
+    (["--model", "bae", "--lr", "nan"], "--lr: must be positive"),
+    (["--model", "bae", "--n-components", "0"], "--n-components: must be positive"),
+    (["--model", "dae", "--noise-std", "-0.1"], "--noise-std: must be zero or positive"),
+    (["--model", "bae", "--train-size", "0"], "--train-size: must be positive"),
+    (["--model", "bae", "--train-size", "60001"], "--train-size: MNIST has 60000 training images"),
+    (["--model", "bae", "--epochs", "two"], "--epochs: expected a number"),
+    ([], "--model"),
+])
+def test_bad_arguments(args, needle, tmp_path):
+    out = tmp_path / "out"
+    proc = run_script("train.py", *args, "--out", out, cwd=tmp_path)
+    assert_clean_error(proc, needle)
+    assert not out.exists()  # nothing written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_requested_without_a_gpu(tmp_path, mnist_dir):
+    proc = run_script("train.py", "--model", "bae", "--device", "cuda", "--data-dir", mnist_dir,
+                      "--out", tmp_path / "out", cwd=tmp_path)
+    assert_clean_error(proc, "no CUDA GPU", "--device cpu")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_data(tmp_path):
+    # no MNIST there, and no network (the proxy points at a closed local port): one line naming
+    # the folder and the four files
+    env = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    proc = run_script("train.py", "--model", "bae", "--data-dir", tmp_path / "nowhere", "--out", tmp_path / "out",
+                      cwd=tmp_path, env=env)
+    assert_clean_error(proc, "MNIST not found in", str(tmp_path / "nowhere"), "t10k-labels-idx1-ubyte", "--data-dir")
+    assert not (tmp_path / "out" / "model.pt").exists()
+
+
+@pytest.mark.parametrize("damage, needle", [("truncate", "is truncated or corrupt"), ("magic", "is not an MNIST file")])
+def test_corrupt_data_file(damage, needle, tmp_path, mnist_dir):
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    shutil.copytree(os.path.join(mnist_dir, "MNIST", "raw"), raw)
+    path = raw / "train-images-idx3-ubyte"
+    blob = path.read_bytes()
+    path.write_bytes(blob[:100_000] if damage == "truncate" else b"\x00\x00\x09\x09" + blob[4:])
+    proc = run_script("train.py", "--model", "bae", "--data-dir", tmp_path / "mnist", "--out", tmp_path / "out",
+                      cwd=tmp_path)
+    assert_clean_error(proc, "train-images-idx3-ubyte", needle)
+
+
+def test_out_not_writable(tmp_path, mnist_dir):
+    (tmp_path / "a-file").write_text("x")  # a folder cannot be made inside a file, even by root
+    proc = run_script("train.py", "--model", "bae", *TINY, "--data-dir", mnist_dir, "--out", tmp_path / "a-file" / "out",
+                      cwd=tmp_path)
+    assert_clean_error(proc, "cannot write to --out")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, mnist_dir):
+    """A small finished bae run (training only) that the tests below try to damage."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    proc = run_script("train.py", "--model", "bae", *TINY, "--data-dir", mnist_dir, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_refuses_to_overwrite_a_finished_run(finished_run, mnist_dir, tmp_path):
+    before = (finished_run / "model.pt").read_bytes()
+    proc = run_script("train.py", "--model", "bae", *TINY, "--data-dir", mnist_dir, "--out", finished_run, cwd=tmp_path)
+    assert_clean_error(proc, "already holds a trained model.pt", "--force")
+    proc = run_script("train.py", "--model", "bae", *TINY, "--resume", "--data-dir", mnist_dir, "--out", finished_run,
+                      cwd=tmp_path)
+    assert_clean_error(proc, "no interrupted run", "finished model")
+    assert (finished_run / "model.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("case", ["missing", "folder", "text", "truncated", "other-k", "torch-but-not-ours"])
+def test_evaluate_refuses_bad_checkpoints(case, finished_run, mnist_dir, tmp_path):
+    good = finished_run / "model.pt"
+    path = tmp_path / "model.pt"
+    needle = {"missing": "does not exist", "folder": "is a folder", "text": "not a readable checkpoint",
+              "truncated": "not a readable checkpoint", "other-k": "does not match a bae with K=5",
+              "torch-but-not-ours": "not a checkpoint of train.py"}[case]
+    if case == "folder":
+        path = finished_run
+    elif case == "text":
+        path.write_text("not a model\n")
+    elif case == "truncated":
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif case == "other-k":
+        ckpt = torch.load(good, weights_only=True)
+        ckpt["config"]["n_components"] = 5
+        torch.save(ckpt, path)
+    elif case == "torch-but-not-ours":
+        torch.save({"state_dict": {}}, path)
+    proc = run_script("evaluate.py", path, "--data-dir", mnist_dir, cwd=tmp_path)
+    assert_clean_error(proc, needle)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def run_patched(code, tmp_path):
+    """Runs train.main() in a fresh interpreter after `code` has patched something: fault injection
+    without a test hook in the product."""
+    prog = f"import sys; sys.path.insert(0, {REPO!r})\nimport ae, train, evaluate, torch\n{code}\nsys.exit(train.main(sys.argv[1:]))"
+    return lambda *args: subprocess.run([sys.executable, "-c", prog, *map(str, args)], cwd=tmp_path,
+                                        capture_output=True, text=True, timeout=600)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, mnist_dir):
+    # the loss turns NaN at the 3rd step of epoch 2 (steps 1-5 are epoch 1)
+    run = run_patched("""
+calls = [0]
+original = ae.bae_loss
+def bae_loss(model, x):
+    calls[0] += model.training  # count training steps, not test-loss batches
+    loss = original(model, x)
+    return loss * float("nan") if calls[0] == 8 else loss
+ae.bae_loss = bae_loss""", tmp_path)
+    out = tmp_path / "out"
+    proc = run("--model", "bae", "--epochs", "3", "--train-size", "500", "--batch-size", "100", "--no-eval",
+               "--data-dir", mnist_dir, "--out", out)
+    assert_clean_error(proc, "became nan at epoch 2, step 3", "resume.pt", code=1)
+    assert not (out / "model.pt").exists()
+    state = torch.load(out / "resume.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["step"] == 0  # the end of epoch 1, the last good state
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_full_disk_while_saving_keeps_the_old_model(finished_run, tmp_path, mnist_dir):
+    # --force retrains; the final save of model.pt fails halfway with ENOSPC. The old model.pt
+    # must be intact and no temporary file left.
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    before = (out / "model.pt").read_bytes()
+    run = run_patched("""
+import errno
+original = torch.save
+def save(obj, f, *args, **kwargs):
+    if getattr(f, "name", "").split("/")[-1].startswith("model.pt"):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return original(obj, f, *args, **kwargs)
+torch.save = save""", tmp_path)
+    proc = run("--model", "bae", *TINY, "--force", "--data-dir", mnist_dir, "--out", out)
+    assert_clean_error(proc, "No space left on device", code=1)
+    assert (out / "model.pt").read_bytes() == before
+    assert not [p for p in os.listdir(out) if ".tmp-" in p]
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_same_seed_same_result(tmp_path, mnist_dir):
+    runs = []
+    for name in ("a", "b"):
+        proc = run_script("train.py", "--model", "dae", "--epochs", "1", "--train-size", "300", "--batch-size", "50",
+                          "--no-eval", "--data-dir", mnist_dir, "--out", tmp_path / name, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        runs.append(torch.load(tmp_path / name / "model.pt", weights_only=True))
+    a, b = runs
+    assert a["history"]["loss_history"] == b["history"]["loss_history"]
+    assert a["history"]["test_loss_history"] == b["history"]["test_loss_history"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # and another seed gives another model
+    proc = run_script("train.py", "--model", "dae", "--epochs", "1", "--train-size", "300", "--batch-size", "50",
+                      "--seed", "1", "--no-eval", "--data-dir", mnist_dir, "--out", tmp_path / "c", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert weights(tmp_path / "c" / "model.pt")["encoder.0.0.weight"].ne(a["model"]["encoder.0.0.weight"]).any()
+
+
+def test_ctrl_c_saves_and_resume_matches_an_uninterrupted_run(tmp_path, mnist_dir):
+    # --no-eval: the evaluation of equal weights is deterministic (test_commands re-evaluates a
+    # saved model and gets the same files), so equal weights and training history are the test
+    common = ["--model", "vae", "--epochs", "3", "--train-size", "3000", "--batch-size", "50", "--no-eval",
+              "--data-dir", mnist_dir]
+    proc = run_script("train.py", *common, "--out", tmp_path / "straight", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+    out = tmp_path / "interrupted"
+    child = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), *common, "--out", str(out)],
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    for line in child.stdout:  # wait until epoch 1 is done, then press Ctrl-C during epoch 2
+        if line.startswith("epoch   1/3"):
+            break
+    child.send_signal(signal.SIGINT)
+    stdout, stderr = child.communicate(timeout=300)
+    assert child.returncode == 130, stderr
+    assert "Traceback" not in stderr and "--resume" in stderr
+    state = torch.load(out / "resume.pt", weights_only=True)
+    assert state["epoch"] == 1 and 0 < state["step"] < 60  # saved in the middle of epoch 2
+    assert not (out / "model.pt").exists()
+
+    proc = run_script("train.py", *common, "--resume", "--out", out, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    a, b = torch.load(tmp_path / "straight" / "model.pt", weights_only=True), torch.load(out / "model.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), "resumed weights differ"
+    assert a["config"] == b["config"]
+    for key in ("loss_history", "test_loss_history"):
+        assert a["history"][key] == b["history"][key], key
+
+
+def test_resume_refuses_changed_settings(tmp_path, mnist_dir):
+    out = tmp_path / "out"
+    out.mkdir()
+    # make an interrupted run by hand: a finished tiny run's resume state is removed, so interrupt
+    # a run at its very first step instead
+    run = run_patched("""
+import signal, os
+original = ae.bae_loss
+def bae_loss(model, x):
+    os.kill(os.getpid(), signal.SIGINT)
+    return original(model, x)
+ae.bae_loss = bae_loss""", tmp_path)
+    proc = run("--model", "bae", *TINY, "--data-dir", mnist_dir, "--out", out)
+    assert proc.returncode == 130, proc.stderr
+    assert (out / "resume.pt").exists()
+    proc = run_script("train.py", "--model", "bae", "--resume", "--lr", "0.5", "--data-dir", mnist_dir, "--out", out,
+                      cwd=tmp_path)
+    assert_clean_error(proc, "drop --lr")
+    proc = run_script("train.py", "--model", "vae", "--resume", "--data-dir", mnist_dir, "--out", out, cwd=tmp_path)
+    assert_clean_error(proc, "trains bae, not vae")
+    proc = run_script("train.py", "--model", "bae", *TINY, "--data-dir", mnist_dir, "--out", out, cwd=tmp_path)
+    assert_clean_error(proc, "interrupted run", "--resume")
