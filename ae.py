@@ -17,8 +17,6 @@ Ideas and papers:
 - variational autoencoder: Kingma & Welling, "Auto-encoding variational Bayes", ICLR 2014.
 """
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -103,7 +101,8 @@ def conv_decoder_body(n_components):
 # pixel's variance: near 1 on the strokes of the digit (s^2 >> sigma_n^2), near 0 on the background.
 # So the decoder outputs that mask, m = sigmoid(f), and the denoised image is x~ * m. The mask can
 # only be right if the K-number code says where the strokes are, which is why the DAE learns digit
-# shapes where a plain autoencoder of x (whose best output, knowing nothing of e, is 0) does not.
+# shapes where a plain autoencoder of x does not: its K numbers cannot carry the 784 noise values
+# e, so its best output is about 0 whatever the digit.
 
 
 class DenoisingAE(nn.Module):
@@ -177,7 +176,7 @@ class VAE(nn.Module):
     def decode(self, z):
         h = self.decoder(z)  # (B, K) -> (B, 6, 24, 24)
         logvar = self.dec_logvar(h)
-        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)  # the soft floor
+        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)  # >= min_logvar, see above
         return self.dec_mu(h), logvar  # two (B, 1, 28, 28)
 
     def forward(self, x):
@@ -215,7 +214,5 @@ def vae_loss(model, x):
     return (kl_to_standard_normal(mu_z, logvar_z) + gaussian_nll(x, mu_x, logvar_x)).mean()
 
 
-# One visible table: the model class and the loss for each --model. train.py picks from it.
+# The model class for each --model name (train.py pairs each with its loss).
 MODELS = {"bae": BottleneckAE, "dae": DenoisingAE, "vae": VAE}
-
-HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)  # the per-pixel constant the NLL above leaves out

@@ -65,7 +65,7 @@ def mnist(root, train):
         try:
             datasets.MNIST(root, train=train, download=True)  # fetches the missing files
         except Exception:  # no network, a proxy, a full disk: all end in the same advice
-            if created:  # leave no empty folders behind a failed download
+            if created:  # leave no empty MNIST/raw folders behind a failed download
                 for folder in (raw, os.path.dirname(raw)):
                     try:
                         os.rmdir(folder)
@@ -121,9 +121,15 @@ def variance_mnist_dataset(root, train=True):
     it plugs into any DataLoader: DataLoader(variance_mnist_dataset("data"), batch_size=32).
     """
     mnist(root, train)  # check (and if need be download) the files, with one-line errors
-    noise = transforms.Lambda(lambda s: s * torch.randn_like(s))  # x = s * e, e ~ N(0, 1)
+    noise = transforms.Lambda(multiply_by_noise)
     return datasets.MNIST(root, train=train, download=True,
                           transform=transforms.Compose([transforms.ToTensor(), noise]))
+
+
+def multiply_by_noise(s):
+    # x = s * e, e ~ N(0, 1). A module-level function, not a lambda, so that DataLoader workers
+    # started by "spawn" (the default on macOS and Windows) can pickle the transform.
+    return s * torch.randn_like(s)
 
 
 def main():

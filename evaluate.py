@@ -29,7 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-EVAL_SEED = 2024  # the one fixed draw of evaluation noise, the same on every device
+# Evaluation noise comes from CPU generators with these seeds, one per use, so every device sees
+# the same numbers and the training and test images never share a noise field.
+SEEDS = {"train": 2024, "test": 2025, "model": 2026}  # model: DAE corruption and VAE samples
+
+# What evaluate_checkpoint writes beside model.pt (train.py removes them when it replaces model.pt).
+OUTPUTS = ["metrics.json", "codes_train.npy", "codes_test.npy", "labels_train.npy", "labels_test.npy",
+           "pca_test.npy", "pca_test.ppm", "pca_test.png", "recon.pgm", "recon.png", "samples.pgm", "samples.png"]
 
 
 # -------------------------------------------------------------------------------------------------
@@ -85,9 +91,10 @@ def load_checkpoint(path, map_location="cpu"):
 
 def fit_probe(codes, labels, n_classes=10, l2=1e-4, max_iter=200):
     """Returns a function codes -> predicted labels. Codes (N, K) float, labels (N,) int64."""
-    # Standardise each code dimension with the training statistics: the optimum does not change,
-    # but L-BFGS converges much faster on a well-conditioned problem. float64 on the CPU makes
-    # the fit deterministic and accurate whatever device trained the model.
+    # Standardise each code dimension with the training statistics, so that L-BFGS meets a
+    # well-conditioned problem and the small L2 penalty weighs every dimension alike, whatever
+    # scale the encoder gave it. float64 on the CPU makes the fit deterministic and accurate,
+    # whatever device trained the model.
     X = codes.detach().double().cpu()
     mean, std = X.mean(0), X.std(0).clamp_min(1e-12)
     X, y = (X - mean) / std, labels.cpu()
@@ -124,7 +131,7 @@ def pca(X, k):
     _, _, Vh = torch.linalg.svd(X - mean, full_matrices=False)
     components = Vh[:k]  # (k, D)
     # A direction's sign is arbitrary; fix it (largest entry positive) so results are repeatable.
-    signs = torch.sign(components.gather(1, components.abs().argmax(1, keepdim=True)))
+    signs = torch.sign(components.gather(1, components.abs().argmax(1, keepdim=True)))  # (k, 1)
     return mean, components * signs
 
 
@@ -152,6 +159,7 @@ def encode_png(image):
     image = np.ascontiguousarray(image, dtype=np.uint8)
     height, width = image.shape[:2]
     colour = 0 if image.ndim == 2 else 2  # greyscale or RGB, 8 bits per sample
+    # each row: a 0 (filter type "none"), then its bytes: (H, W[, 3]) -> (H, 1 + W * channels)
     rows = np.concatenate([np.zeros((height, 1), np.uint8), image.reshape(height, -1)], axis=1)
 
     def chunk(kind, body):
@@ -220,13 +228,13 @@ def scatter_image(points, labels, size=480, key_width=60):
 # Evaluating a checkpoint of train.py.
 
 
-def fixed_inputs(images_uint8, dataset, device, chunk=1000):
+def fixed_inputs(images_uint8, dataset, device, seed, chunk=1000):
     """Yields (s, x) chunks: intensities s in [0, 1] and the model input x, on `device`.
 
-    varianceMNIST noise comes from a CPU generator seeded with EVAL_SEED and is then moved to the
+    varianceMNIST noise comes from a CPU generator seeded with `seed` and is then moved to the
     device, so every device evaluates on exactly the same numbers.
     """
-    gen = torch.Generator().manual_seed(EVAL_SEED)
+    gen = torch.Generator().manual_seed(seed)
     for part in images_uint8.split(chunk):
         s = part.float() / 255.0
         x = s * torch.randn(s.shape, generator=gen) if dataset == "variance" else s
@@ -235,7 +243,7 @@ def fixed_inputs(images_uint8, dataset, device, chunk=1000):
 
 def evaluate_checkpoint(path, data_dir, device="cpu"):
     """Everything listed in the module docstring, written beside `path`; returns the metrics."""
-    import ae  # noqa: E402  (only the command needs the model and data code of this project)
+    import ae  # only the command needs the model and data code of this project
     import data
 
     device = torch.device(device)
@@ -249,13 +257,14 @@ def evaluate_checkpoint(path, data_dir, device="cpu"):
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"{path} does not match a {config['model']} with K={config['n_components']} "
-                              f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
+        detail = str(e).splitlines()[-1].strip()  # e.g. "size mismatch for encoder.7.weight: ..."
+        raise CheckpointError(f"{path} does not match a {config['model']} with K={config['n_components']}: "
+                              f"{detail[:200]}") from None
     model.to(device).eval()
     dataset = config["dataset"]
     train_images, train_labels = data.load_mnist(data_dir, train=True)
     test_images, test_labels = data.load_mnist(data_dir, train=False)
-    gen = torch.Generator().manual_seed(EVAL_SEED + 1)  # corruption noise and VAE samples
+    gen = torch.Generator().manual_seed(SEEDS["model"])
 
     def randn_like(t):
         return torch.randn(t.shape, generator=gen).to(t.device)
@@ -263,20 +272,19 @@ def evaluate_checkpoint(path, data_dir, device="cpu"):
     metrics = {}
     with torch.no_grad():
         # 1. Codes of every image, and the linear probe on them.
-        codes_train = torch.cat([model.encode(x).cpu() for _, x in fixed_inputs(train_images, dataset, device)])
-        codes_test = torch.cat([model.encode(x).cpu() for _, x in fixed_inputs(test_images, dataset, device)])
-    with torch.enable_grad():
-        predict = fit_probe(codes_train, train_labels)
+        codes_train = torch.cat([model.encode(x).cpu() for _, x in fixed_inputs(train_images, dataset, device, SEEDS["train"])])
+        codes_test = torch.cat([model.encode(x).cpu() for _, x in fixed_inputs(test_images, dataset, device, SEEDS["test"])])
+    predict = fit_probe(codes_train, train_labels)
     metrics["probe_train_accuracy"] = accuracy(predict, codes_train, train_labels)
     metrics["probe_test_accuracy"] = accuracy(predict, codes_test, test_labels)
 
     # 2. PCA of the test codes to 2-D, saved as points and as a picture.
     mean, comps = pca(codes_test.double(), 2)
     pca_test = ((codes_test.double() - mean) @ comps.T).numpy()  # (N, K) -> (N, 2)
-    for name, array in [("codes_train", codes_train.numpy()), ("codes_test", codes_test.numpy()),
-                        ("labels_train", train_labels.numpy()), ("labels_test", test_labels.numpy()),
-                        ("pca_test", pca_test)]:
-        atomic_write(os.path.join(out, name + ".npy"), lambda f: np.save(f, array))
+    arrays = {"codes_train": codes_train.numpy(), "codes_test": codes_test.numpy(), "labels_train": train_labels.numpy(),
+              "labels_test": test_labels.numpy(), "pca_test": pca_test}
+    for name in arrays:
+        atomic_write(os.path.join(out, name + ".npy"), lambda f: np.save(f, arrays[name]))
     save_image(os.path.join(out, "pca_test"), scatter_image(pca_test, test_labels.numpy()))
 
     # 3. Quality on the whole test set, beside a baseline or the optimum, and the pictures.
@@ -292,13 +300,14 @@ def evaluate_checkpoint(path, data_dir, device="cpu"):
         rows = picture_rows(model, config, test_images[show], device, randn_like)
         save_image(os.path.join(out, "recon"), tile(rows))
         if config["model"] == "vae":
-            z = randn_like(torch.empty(100, config["n_components"])).to(device)  # z ~ p(z) = N(0, I)
+            z = torch.randn(50, config["n_components"], generator=gen).to(device)  # z ~ p(z) = N(0, I)
             mu_x, logvar_x = model.decode(z)
             std_x = torch.exp(0.5 * logvar_x)
             draw = mu_x + std_x * randn_like(mu_x)  # x ~ p(x | z)
-            rows = [to_uint8(std_x[i:i + 10, 0]) for i in range(0, 100, 20)]
-            rows += [to_uint8(draw[i:i + 10, 0], signed=True) for i in range(0, 100, 20)]
-            save_image(os.path.join(out, "samples"), tile([r for pair in zip(rows[:5], rows[5:]) for r in pair]))
+            rows = []
+            for i in range(0, 50, 10):  # a row of predictive stds, then a row of draws from them
+                rows += [to_uint8(std_x[i:i + 10, 0]), to_uint8(draw[i:i + 10, 0], signed=True)]  # (10, 28, 28) each
+            save_image(os.path.join(out, "samples"), tile(rows))
 
     history = ckpt.get("history", {})
     metrics.update({
@@ -318,9 +327,9 @@ def bae_quality(model, config, train_images, test_images, device):
     # K-dimensional code can do, and the baseline the nonlinear autoencoder has to beat.
     k, dataset = config["n_components"], config["dataset"]
     sq, pca_sq, n = 0.0, 0.0, test_images.shape[0] * 784
-    train_x = torch.cat([x.cpu().flatten(1) for _, x in fixed_inputs(train_images, dataset, "cpu")])
+    train_x = torch.cat([x.flatten(1) for _, x in fixed_inputs(train_images, dataset, "cpu", SEEDS["train"])])
     mean, comps = pca(train_x.double(), k)  # fitted on the training inputs: (784,), (K, 784)
-    for _, x in fixed_inputs(test_images, dataset, device):
+    for _, x in fixed_inputs(test_images, dataset, device, SEEDS["test"]):
         sq += (model(x) - x).pow(2).sum().item()
         xf = x.cpu().flatten(1).double()  # (B, 1, 28, 28) -> (B, 784)
         recon = (xf - mean) @ comps.T @ comps + mean  # project onto the K directions and back
@@ -333,7 +342,7 @@ def dae_quality(model, config, test_images, device, randn_like):
     #     g*(x~) = x~ * s^2 / (s^2 + sigma_n^2)      (derived in ae.py)
     # The ratio is >= 1 up to sampling noise; 1 means the DAE denoises as well as possible.
     sigma_n, sq, oracle_sq, n = config["noise_std"], 0.0, 0.0, test_images.shape[0] * 784
-    for s, x in fixed_inputs(test_images, config["dataset"], device):
+    for s, x in fixed_inputs(test_images, config["dataset"], device, SEEDS["test"]):
         x_noisy = x + sigma_n * randn_like(x)
         sq += (model(x_noisy) - x).pow(2).sum().item()
         oracle = x_noisy * s.pow(2) / (s.pow(2) + sigma_n ** 2) if sigma_n > 0 else x_noisy
@@ -352,7 +361,7 @@ def vae_quality(model, config, test_images, device, randn_like, ae):
     # No model with this floor can beat it on average, so the gap is what the VAE still misses.
     min_logvar = model.min_logvar.item()
     kl = nll = oracle = 0.0
-    for s, x in fixed_inputs(test_images, config["dataset"], device):
+    for s, x in fixed_inputs(test_images, config["dataset"], device, SEEDS["test"]):
         mu_z, logvar_z = model.encode_dist(x)
         z = mu_z + torch.exp(0.5 * logvar_z) * randn_like(mu_z)  # z = mu + sigma * eps
         mu_x, logvar_x = model.decode(z)
@@ -369,9 +378,9 @@ def vae_quality(model, config, test_images, device, randn_like, ae):
 
 def picture_rows(model, config, images_uint8, device, randn_like):
     """Rows of 10 test digits for recon.pgm, top to bottom as listed in the comments."""
-    s, x = next(fixed_inputs(images_uint8, config["dataset"], device))
+    s, x = next(fixed_inputs(images_uint8, config["dataset"], device, SEEDS["test"]))  # (10, 1, 28, 28)
     signed = config["dataset"] == "variance"
-    rows = [to_uint8(s[:, 0])]  # the MNIST digits
+    rows = [to_uint8(s[:, 0])]  # the MNIST digits; [:, 0]: (10, 1, 28, 28) -> (10, 28, 28)
     if signed:
         rows.append(to_uint8(x[:, 0], signed=True))  # the varianceMNIST input
     if config["model"] == "bae":
@@ -424,7 +433,8 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"error: cannot write beside {args.checkpoint}: {e.strerror}", file=sys.stderr)
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: could not read or write a file{where}: {e.strerror or e}", file=sys.stderr)
         return 1
     return 0
 

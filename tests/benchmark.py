@@ -1,7 +1,7 @@
 """Benchmark: train every model with its defaults and its --long preset, and print one table.
 
     python tests/benchmark.py --data-dir ../shared/data             # everything, about an hour on 2 cores
-    python tests/benchmark.py --data-dir ../shared/data --skip-long # the default runs only, ~7 minutes
+    python tests/benchmark.py --data-dir ../shared/data --presets default   # ~10 minutes
 
 Not collected by pytest (timings are figures here, never assertions in tests). For every run it
 reports the probe accuracy beside the reference implementation's, the quality ratio of the model,
@@ -55,7 +55,7 @@ def training_flops_per_image(model_name, k=10):
     input gradient, except the first layer, whose input needs no gradient. Elementwise work
     (ReLU, loss, Adam) is left out: it is small next to the layers and not matmul-shaped.
     """
-    model = ae.MODELS[model_name](k)
+    model = ae.MODELS[model_name](k).eval()  # eval: BatchNorm takes a batch of one
     macs = []
 
     def hook(module, inputs, output):
@@ -80,8 +80,11 @@ def run(model, preset, dataset, args):
            "--data-dir", args.data_dir, "--out", out, "--force", "--device", args.device]
     if preset == "long":
         cmd.append("--long")
-    print("$", " ".join(cmd[1:]), flush=True)
-    subprocess.run(cmd, check=True)
+    if args.reuse and os.path.exists(os.path.join(out, "metrics.json")):
+        print(f"reusing {out}", flush=True)
+    else:
+        print("$", " ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, check=True)
     with open(os.path.join(out, "metrics.json")) as f:
         return json.load(f)
 
@@ -92,8 +95,9 @@ def main():
     p.add_argument("--out", default=os.path.join(REPO, "runs", "benchmark"), help="where the runs go")
     p.add_argument("--json", default=None, help="where the table goes as JSON (default: <out>/benchmark.json)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--skip-long", action="store_true", help="only the default runs")
+    p.add_argument("--presets", default="default,long", help="default, long, or both (comma-separated)")
     p.add_argument("--models", default="bae,dae,vae", help="comma-separated subset")
+    p.add_argument("--reuse", action="store_true", help="take runs whose metrics.json exists instead of training again")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
@@ -104,10 +108,11 @@ def main():
     plan = []
     for model in args.models.split(","):
         dataset = "mnist" if model == "bae" else "variance"
-        plan.append((model, "default", dataset))
-        if model == "bae":
-            plan.append((model, "default", "variance"))  # the negative control
-        if not args.skip_long:
+        if "default" in args.presets:
+            plan.append((model, "default", dataset))
+            if model == "bae":
+                plan.append((model, "default", "variance"))  # the negative control
+        if "long" in args.presets:
             plan.append((model, "long", dataset))
 
     rows = []

@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -14,8 +15,7 @@ from conftest import REPO, assert_clean_error, run_script
 
 TINY = ["--epochs", "1", "--train-size", "500", "--batch-size", "100", "--no-eval"]
 
-
-@pytest.mark.parametrize("args, needle", [
+BAD_ARGUMENTS = [
     (["--model", "gan"], "invalid choice: 'gan'"),
     (["--model", "bae", "--dataset", "cifar"], "invalid choice: 'cifar'"),
     (["--model", "bae", "--device", "tpu"], "invalid choice: 'tpu'"),
@@ -27,13 +27,31 @@ TINY = ["--epochs", "1", "--train-size", "500", "--batch-size", "100", "--no-eva
     (["--model", "dae", "--noise-std", "-0.1"], "--noise-std: must be zero or positive"),
     (["--model", "bae", "--train-size", "0"], "--train-size: must be positive"),
     (["--model", "bae", "--train-size", "60001"], "--train-size: MNIST has 60000 training images"),
-    (["--model", "bae", "--epochs", "two"], "--epochs: expected a number"),
+    (["--model", "bae", "--epochs", "two"], "--epochs: expected an integer"),
+    (["--model", "bae", "--lr", "inf"], "--lr: must be positive and finite"),
     ([], "--model"),
-])
-def test_bad_arguments(args, needle, tmp_path):
-    out = tmp_path / "out"
-    proc = run_script("train.py", *args, "--out", out, cwd=tmp_path)
-    assert_clean_error(proc, needle)
+]
+
+
+@pytest.fixture(scope="module")
+def bad_argument_runs(tmp_path_factory):
+    # All cases at once, in parallel: each spends most of its time importing torch.
+    runs = []
+    for i, (args, _) in enumerate(BAD_ARGUMENTS):
+        out = tmp_path_factory.mktemp("bad") / "out"
+        cmd = [sys.executable, os.path.join(REPO, "train.py"), *args, "--out", str(out)]
+        runs.append((out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+    results = []
+    for out, proc in runs:
+        stdout, stderr = proc.communicate(timeout=300)
+        results.append((out, subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)))
+    return results
+
+
+@pytest.mark.parametrize("case", range(len(BAD_ARGUMENTS)), ids=[" ".join(a) or "no-args" for a, _ in BAD_ARGUMENTS])
+def test_bad_arguments(case, bad_argument_runs):
+    out, proc = bad_argument_runs[case]
+    assert_clean_error(proc, BAD_ARGUMENTS[case][1])
     assert not out.exists()  # nothing written
 
 
@@ -204,6 +222,7 @@ def test_ctrl_c_saves_and_resume_matches_an_uninterrupted_run(tmp_path, mnist_di
     for line in child.stdout:  # wait until epoch 1 is done, then press Ctrl-C during epoch 2
         if line.startswith("epoch   1/3"):
             break
+    time.sleep(1.0)  # past the end-of-epoch save, into epoch 2 (an epoch takes several seconds)
     child.send_signal(signal.SIGINT)
     stdout, stderr = child.communicate(timeout=300)
     assert child.returncode == 130, stderr
