@@ -192,8 +192,8 @@ def weights(path):
 def test_same_seed_same_result(tmp_path, mnist_dir):
     runs = []
     for name in ("a", "b"):
-        proc = run_script("train.py", "--model", "dae", "--epochs", "1", "--train-size", "300", "--batch-size", "50",
-                          "--no-eval", "--data-dir", mnist_dir, "--out", tmp_path / name, cwd=tmp_path)
+        proc = run_script("train.py", "--model", "bae", "--dataset", "variance", "--epochs", "2", "--train-size", "300",
+                          "--batch-size", "50", "--no-eval", "--data-dir", mnist_dir, "--out", tmp_path / name, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         runs.append(torch.load(tmp_path / name / "model.pt", weights_only=True))
     a, b = runs
@@ -201,10 +201,10 @@ def test_same_seed_same_result(tmp_path, mnist_dir):
     assert a["history"]["test_loss_history"] == b["history"]["test_loss_history"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     # and another seed gives another model
-    proc = run_script("train.py", "--model", "dae", "--epochs", "1", "--train-size", "300", "--batch-size", "50",
-                      "--seed", "1", "--no-eval", "--data-dir", mnist_dir, "--out", tmp_path / "c", cwd=tmp_path)
+    proc = run_script("train.py", "--model", "bae", "--dataset", "variance", "--epochs", "2", "--train-size", "300",
+                      "--batch-size", "50", "--seed", "1", "--no-eval", "--data-dir", mnist_dir, "--out", tmp_path / "c", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert weights(tmp_path / "c" / "model.pt")["encoder.0.0.weight"].ne(a["model"]["encoder.0.0.weight"]).any()
+    assert weights(tmp_path / "c" / "model.pt")["encoder.1.weight"].ne(a["model"]["encoder.1.weight"]).any()
 
 
 def test_ctrl_c_saves_and_resume_matches_an_uninterrupted_run(tmp_path, mnist_dir):
