@@ -61,16 +61,15 @@ def mnist(root, train):
     raw = os.path.join(root, "MNIST", "raw")
     present = [name for name in MNIST_FILES if os.path.exists(os.path.join(raw, name))]
     if len(present) < len(MNIST_FILES):
-        created = not os.path.isdir(raw)
+        new_folders = [f for f in (raw, os.path.dirname(raw), root) if not os.path.isdir(f)]
         try:
             datasets.MNIST(root, train=train, download=True)  # fetches the missing files
         except Exception:  # no network, a proxy, a full disk: all end in the same advice
-            if created:  # leave no empty MNIST/raw folders behind a failed download
-                for folder in (raw, os.path.dirname(raw)):
-                    try:
-                        os.rmdir(folder)
-                    except OSError:
-                        pass
+            for folder in new_folders:  # leave no empty folders behind a failed download
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    pass
             raise DataError(f"MNIST not found in {os.path.abspath(raw)} and the download failed; "
                             f"put {', '.join(MNIST_FILES)} there, or pass --data-dir DIR with "
                             f"DIR/MNIST/raw holding them") from None

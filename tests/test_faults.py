@@ -71,7 +71,7 @@ def test_missing_data(tmp_path):
     proc = run_script("train.py", "--model", "bae", "--data-dir", tmp_path / "nowhere", "--out", tmp_path / "out",
                       cwd=tmp_path, env=env)
     assert_clean_error(proc, "MNIST not found in", str(tmp_path / "nowhere"), "t10k-labels-idx1-ubyte", "--data-dir")
-    assert not (tmp_path / "out" / "model.pt").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "nowhere").exists()  # nothing left behind
 
 
 @pytest.mark.parametrize("damage, needle", [("truncate", "is truncated or corrupt"), ("magic", "is not an MNIST file")])
