@@ -1,7 +1,6 @@
 """End-to-end runs of the real commands on real MNIST at a small size, from another folder."""
 
 import json
-import os
 
 import numpy as np
 import pytest
