@@ -86,17 +86,23 @@ def train_size(text):
     return value
 
 
+def per_model(key):
+    # "bae 3, dae 3, vae 3": a default of each model, for --help, read from DEFAULTS
+    return ", ".join(f"{model} {d[key]:g}" for model, d in DEFAULTS.items())
+
+
 def get_parser():
     p = OneLineParser(description="Train and evaluate a bottleneck, denoising or variational autoencoder.")
     p.add_argument("--model", required=True, choices=sorted(ae.MODELS), help="which autoencoder")
     p.add_argument("--dataset", choices=["mnist", "variance"],
                    help="mnist or varianceMNIST (default: mnist for bae, variance for dae and vae)")
     p.add_argument("--epochs", type=positive(int),
-                   help="passes over the training set (default: bae 3, dae 3, vae 3; with --long: 20, 10, 10)")
+                   help="passes over the training set (default: " + per_model("epochs")
+                   + "; with --long: " + per_model("long_epochs") + ")")
     p.add_argument("--long", action="store_true",
                    help="the longer run behind the README's best numbers (more epochs, same everything else)")
     p.add_argument("--batch-size", type=positive(int), help="images per step (default: 128)")
-    p.add_argument("--lr", type=positive(float), help="peak Adam learning rate (default: bae 2e-3, dae 3e-3, vae 4e-3)")
+    p.add_argument("--lr", type=positive(float), help="peak Adam learning rate (default: " + per_model("lr") + ")")
     p.add_argument("--n-components", type=positive(int), help="K, the size of the code (default: 10)")
     p.add_argument("--noise-std", type=non_negative_float,
                    help="std of the DAE's Gaussian corruption, in pixel units (default: 0.2)")
