@@ -44,7 +44,7 @@ def test_architectures_match_the_spec():
     convs = [(type(m).__name__, m.in_channels, m.out_channels, m.kernel_size) for m in vae.modules()
              if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
     assert convs == [("Conv2d", 1, 6, (5, 5)), ("Conv2d", 6, 16, (5, 5)), ("ConvTranspose2d", 16, 6, (5, 5)),
-                     ("ConvTranspose2d", 6, 1, (5, 5)), ("ConvTranspose2d", 6, 1, (5, 5))]
+                     ("ConvTranspose2d", 6, 2, (5, 5))]  # the two heads, as two output channels
     assert vae.min_logvar.item() == -6 and "min_logvar" in dict(vae.named_buffers())
 
 
@@ -106,19 +106,19 @@ def test_logvar_floor():
     model = ae.VAE(3)
     z = torch.randn(5, 3)
     with torch.no_grad():
-        model.dec_logvar.weight.zero_()
-        model.dec_logvar.bias.fill_(-100.0)  # the raw log-variance wants to go to -100
+        model.dec_heads.weight[:, 1].zero_()  # output channel 1: the log-variance head
+        model.dec_heads.bias[1].fill_(-100.0)  # the raw log-variance wants to go to -100
         _, logvar = model.decode(z)
         assert torch.all(logvar >= -6.0) and torch.allclose(logvar, torch.full_like(logvar, -6.0))
-        model.dec_logvar.bias.fill_(3.0)  # well above the floor the soft floor is ~ the identity
+        model.dec_heads.bias[1].fill_(3.0)  # well above the floor the soft floor is ~ the identity
         _, logvar = model.decode(z)
         assert torch.allclose(logvar, torch.full_like(logvar, 3.0), atol=1e-3)
-        model.dec_logvar.bias.fill_(-6.0)  # at the floor: -6 + softplus(0) = -6 + log 2
+        model.dec_heads.bias[1].fill_(-6.0)  # at the floor: -6 + softplus(0) = -6 + log 2
         _, logvar = model.decode(z)
         assert torch.allclose(logvar, torch.full_like(logvar, -6.0 + math.log(2)))
     model.min_logvar.fill_(-2.0)  # the floor is the buffer's value, not a constant in the code
     with torch.no_grad():
-        model.dec_logvar.bias.fill_(-100.0)
+        model.dec_heads.bias[1].fill_(-100.0)
         assert torch.allclose(model.decode(z)[1], torch.full((5, 1, 28, 28), -2.0))
 
 
