@@ -121,15 +121,19 @@ def accuracy(predict, codes, labels):
 
 
 # -------------------------------------------------------------------------------------------------
-# PCA by the singular value decomposition of the centred data.
+# PCA: the eigenvectors of the covariance matrix of the centred data.
 
 
 def pca(X, k):
     """Returns (mean (D,), components (k, D)) of the rows of X (N, D); project with (X - mean) @ C.T."""
     mean = X.mean(0)
-    # X - mean = U S V^T; the rows of V^T are the principal directions, by decreasing variance.
-    _, _, Vh = torch.linalg.svd(X - mean, full_matrices=False)
-    components = Vh[:k]  # (k, D)
+    Xc = X - mean  # (N, D)
+    # The principal directions are the eigenvectors of the covariance Xc^T Xc / (N - 1), and the
+    # variance along each is its eigenvalue. (They are also the right singular vectors of Xc; the
+    # D x D eigenproblem is the same answer ~4x faster for MNIST's 60000 x 784 inputs, and in float64
+    # forming Xc^T Xc loses no precision that matters here.)
+    _, V = torch.linalg.eigh(Xc.T @ Xc)  # eigenvalues ascending; the columns of V are the directions
+    components = V[:, -k:].flip(1).T  # (k, D), the largest variance first
     # A direction's sign is arbitrary; fix it (largest entry positive) so results are repeatable.
     signs = torch.sign(components.gather(1, components.abs().argmax(1, keepdim=True)))  # (k, 1)
     return mean, components * signs
