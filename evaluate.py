@@ -286,7 +286,7 @@ def evaluate_checkpoint(path, data_dir, device="cpu"):
     metrics["probe_test_accuracy"] = accuracy(predict, codes_test, test_labels)
 
     # 2. PCA of the test codes to 2-D, saved as points and as a picture.
-    mean, comps = pca(codes_test.double(), 2)
+    mean, comps = pca(codes_test, 2)
     pca_test = ((codes_test.double() - mean) @ comps.T).numpy()  # (N, K) -> (N, 2)
     arrays = {"codes_train": codes_train.numpy(), "codes_test": codes_test.numpy(), "labels_train": train_labels.numpy(),
               "labels_test": test_labels.numpy(), "pca_test": pca_test}
@@ -335,7 +335,7 @@ def bae_quality(model, config, train_images, test_images, device):
     k, dataset = config["n_components"], config["dataset"]
     sq, pca_sq, n = 0.0, 0.0, test_images.shape[0] * 784
     train_x = torch.cat([x.flatten(1) for _, x in fixed_inputs(train_images, dataset, "cpu", SEEDS["train"])])
-    mean, comps = pca(train_x.double(), k)  # fitted on the training inputs: (784,), (K, 784)
+    mean, comps = pca(train_x, k)  # fitted on the training inputs: (784,), (K, 784)
     for _, x in fixed_inputs(test_images, dataset, device, SEEDS["test"]):
         sq += (model(x) - x).pow(2).sum().item()
         xf = x.cpu().flatten(1).double()  # (B, 1, 28, 28) -> (B, 784)
