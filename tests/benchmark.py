@@ -129,6 +129,7 @@ def main():
         rows.append({
             "model": model, "data": dataset, "preset": preset, "epochs": m["config"]["epochs"],
             "batch_size": m["config"]["batch_size"], "probe_test_accuracy": m["probe_test_accuracy"],
+            "probe_test_accuracy_unadapted": m.get("probe_test_accuracy_unadapted"),  # DAE only
             "reference_accuracy": ref_acc, "quality_name": quality[0], "quality": quality[1],
             "train_seconds": m["train_seconds"], "goal_seconds": ref_seconds / 5,
             "images_per_second": m["samples_per_second"], "train_gflop_per_image": flops / 1e9,

@@ -33,6 +33,8 @@ def test_train_then_evaluate(model, mnist_dir, tmp_path):
         # no denoiser beats the Bayes-optimal one (up to the noise of one draw)
         assert metrics["mse_over_oracle"] > 0.98 and metrics["oracle_mse"] > 0
         assert np.isclose(metrics["mse_over_oracle"], metrics["test_mse"] / metrics["oracle_mse"])
+        # the probe is also reported with the encoder's BatchNorm statistics from training
+        assert 0.2 < metrics["probe_test_accuracy_unadapted"] <= 1
     if model == "vae":
         assert metrics["test_neg_elbo"] > metrics["oracle_nll"]
         assert np.isclose(metrics["test_neg_elbo"], metrics["test_kl"] + metrics["test_nll"])
