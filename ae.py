@@ -155,7 +155,7 @@ def adapt_batchnorm(model, batches):
     `batches` is an iterable of inputs (B, 1, 28, 28); the statistics become the average of their
     batch statistics. Only the BatchNorm buffers change. Returns the model.
     """
-    norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    norms = [m for m in model.encoder.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()

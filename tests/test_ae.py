@@ -173,7 +173,10 @@ def test_dae_loss_uses_fresh_noise_of_the_given_std():
 def test_adapt_batchnorm_sets_the_statistics_of_the_given_batches():
     torch.manual_seed(0)
     model = ae.DenoisingAE(4).eval()
-    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    model.decoder.append(torch.nn.BatchNorm2d(1))  # a decoder BatchNorm, which encoding never runs,
+    model.decoder[-1].running_var.fill_(3.0)      # must keep its statistics
+    weights = {k: v.clone() for k, v in model.state_dict().items()
+               if not (k.startswith("encoder") and ("running" in k or "num_batches" in k))}
     batches = [torch.randn(50, 1, 28, 28) * s for s in (0.5, 1.0, 2.0)]  # three different scales
     ae.adapt_batchnorm(model, batches)
     # Oracle: the first BatchNorm sees the first convolution's output; numpy averages its per-batch
@@ -184,10 +187,11 @@ def test_adapt_batchnorm_sets_the_statistics_of_the_given_batches():
     np.testing.assert_allclose(norm.running_mean.numpy(), np.mean([f.mean(1) for f in feats], 0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(norm.running_var.numpy(), np.mean([f.var(1, ddof=1) for f in feats], 0), rtol=1e-4)
     # Every BatchNorm moved away from its initial (0, 1); nothing else changed; mode and momentum are back.
-    for m in model.modules():
+    for m in model.encoder.modules():
         if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
             assert not torch.allclose(m.running_var, torch.ones_like(m.running_var)) and m.momentum == 0.1
     for k, v in model.state_dict().items():
         if k in weights:
             assert torch.equal(v, weights[k]), k
+    assert torch.all(model.decoder[-1].running_var == 3.0)
     assert not model.training
