@@ -44,7 +44,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #   epochs: the VAE's 3 epochs at 4e-3 match what 4 epochs at 2e-3 gave (84.3-88.6% over runs) in
 #     3/4 of the time. The DAE gains about a point from its third epoch (87.6% -> 88.1-88.8%).
 # (The DAE's numbers here read its codes with the BatchNorm statistics of training; evaluate.py now
-# adapts them to clean images first, which adds 0.4-0.7 points: see ae.adapt_batchnorm.)
+# adapts them to clean images first, which added 0.1 to 0.7 points at 3 epochs over three seeds:
+# see ae.adapt_batchnorm.)
 DEFAULTS = {
     "bae": dict(dataset="mnist", epochs=3, long_epochs=20, batch_size=128, lr=2e-3),
     "dae": dict(dataset="variance", epochs=3, long_epochs=10, batch_size=128, lr=3e-3),
