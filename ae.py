@@ -64,9 +64,9 @@ def bae_loss(model, x):
 # and the shape is in their squares, so the first layers start far from a useful scale; BatchNorm
 # rescales them every step. Measured on the full data, 3 epochs: DAE probe accuracy 88.1% with it,
 # 85.2% without (codes read with the training statistics, see adapt_batchnorm below); VAE (4
-# epochs) 88.6% against 86.8%. In the decoder it did not help (it hurt the
-# VAE), so there is none. In eval mode BatchNorm is a fixed affine map, so the code of a test image
-# does not depend on the other images of its batch.
+# epochs) 88.6% against 86.8%. In the decoder it did not help (it hurt the VAE), so there is none.
+# In eval mode BatchNorm is a fixed affine map, so the code of a test image does not depend on the
+# other images of its batch.
 
 
 def conv_encoder_body():
@@ -141,7 +141,7 @@ def dae_loss(model, x, noise_std=0.2):
 # its BatchNorm layers (the mean and variance each one subtracts and divides by in eval mode) are
 # those of x~, whose pixels have variance s^2 + sigma_n^2. The codes we study, though, are the codes
 # of the data itself, clean varianceMNIST images x with pixel variance s^2 (the original
-# implementation read them the same way). Fed x, the encoder would normalise with x~'s numbers and
+# implementation's script also encoded clean images, in train mode). Fed x, the encoder would normalise with x~'s numbers and
 # hand the next layer smaller activations than it was trained on. Re-estimating the statistics from
 # clean images fixes that without changing a weight: "AdaBN" (Li et al., "Revisiting batch
 # normalization for practical domain adaptation", 2016). Measured on the default DAE run: probe
