@@ -2,12 +2,17 @@
 
     python tests/benchmark.py --data-dir ../shared/data             # everything, about an hour on 2 cores
     python tests/benchmark.py --data-dir ../shared/data --presets default   # ~10 minutes
+    python tests/benchmark.py --data-dir ../shared/data --presets default --seeds 0,1,2   # ~30 minutes
 
 Not collected by pytest (timings are figures here, never assertions in tests). For every run it
 reports the probe accuracy beside the reference implementation's, the quality ratio of the model,
 the training time beside the goal (a fifth of the reference's), training images/s, and the
 fraction of the machine's fp32 matmul peak that those images/s amount to. The machine's peak is
 measured in the same run. The table goes to stdout and, as JSON, to --json.
+
+One run is one draw: the DAE's and VAE's probe accuracies move by about a point from one seed to
+the next. With --seeds, every run is repeated with each seed (train.py --seed) and the table ends
+with each run's mean and standard deviation over the seeds.
 """
 
 import argparse
@@ -74,10 +79,11 @@ def training_flops_per_image(model_name, k=10):
     return 2 * macs[0] * 2 + sum(2 * m * 3 for m in macs[1:])
 
 
-def run(model, preset, dataset, args):
-    out = os.path.join(args.out, f"{model}-{dataset}-{preset}")
+def run(model, preset, dataset, seed, args):
+    # seed 0, train.py's default, keeps the folder name it had before --seeds existed
+    out = os.path.join(args.out, f"{model}-{dataset}-{preset}" + (f"-seed{seed}" if seed else ""))
     cmd = [sys.executable, os.path.join(REPO, "train.py"), "--model", model, "--dataset", dataset,
-           "--data-dir", args.data_dir, "--out", out, "--force", "--device", args.device]
+           "--data-dir", args.data_dir, "--out", out, "--force", "--device", args.device, "--seed", str(seed)]
     if preset == "long":
         cmd.append("--long")
     if args.reuse and os.path.exists(os.path.join(out, "metrics.json")):
@@ -97,8 +103,13 @@ def main():
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--presets", default="default,long", help="default, long, or both (comma-separated)")
     p.add_argument("--models", default="bae,dae,vae", help="comma-separated subset")
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds; each run is repeated with each")
     p.add_argument("--reuse", action="store_true", help="take runs whose metrics.json exists instead of training again")
     args = p.parse_args()
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        p.exit(2, f"benchmark.py: error: --seeds {args.seeds!r}: give whole numbers separated by commas, e.g. 0,1,2\n")
     os.makedirs(args.out, exist_ok=True)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
@@ -116,8 +127,9 @@ def main():
             plan.append((model, "long", dataset))
 
     rows = []
-    for model, preset, dataset in plan:
-        m = run(model, preset, dataset, args)
+    plan = [(model, preset, dataset, seed) for model, preset, dataset in plan for seed in seeds]
+    for model, preset, dataset, seed in plan:
+        m = run(model, preset, dataset, seed, args)
         flops = training_flops_per_image(model, m["config"]["n_components"])
         ref_acc, ref_seconds = REFERENCE[model]
         if model == "bae":
@@ -127,7 +139,7 @@ def main():
         else:
             quality = ("neg_elbo - oracle_nll (nats)", m["test_neg_elbo"] - m.get("oracle_nll", float("nan")))
         rows.append({
-            "model": model, "data": dataset, "preset": preset, "epochs": m["config"]["epochs"],
+            "model": model, "data": dataset, "preset": preset, "seed": seed, "epochs": m["config"]["epochs"],
             "batch_size": m["config"]["batch_size"], "probe_test_accuracy": m["probe_test_accuracy"],
             "probe_test_accuracy_unadapted": m.get("probe_test_accuracy_unadapted"),  # DAE only
             "reference_accuracy": ref_acc, "quality_name": quality[0], "quality": quality[1],
@@ -136,16 +148,31 @@ def main():
             "fraction_of_peak": m["samples_per_second"] * flops / peak, "device": m["device"],
         })
 
-    header = (f"{'model':5} {'data':8} {'preset':7} {'ep':>3} {'probe':>6} {'ref':>6} {'train s':>8} {'goal s':>6} "
+    header = (f"{'model':5} {'data':8} {'preset':7} {'seed':>4} {'ep':>3} {'probe':>6} {'ref':>6} {'train s':>8} {'goal s':>6} "
               f"{'img/s':>6} {'peak%':>6}  quality")
     print("\n" + header + "\n" + "-" * len(header))
     for r in rows:
-        print(f"{r['model']:5} {r['data']:8} {r['preset']:7} {r['epochs']:3d} {r['probe_test_accuracy']:6.2%} "
+        print(f"{r['model']:5} {r['data']:8} {r['preset']:7} {r['seed']:4d} {r['epochs']:3d} {r['probe_test_accuracy']:6.2%} "
               f"{r['reference_accuracy']:6.2%} {r['train_seconds']:8.1f} {r['goal_seconds']:6.0f} "
               f"{r['images_per_second']:6.0f} {r['fraction_of_peak']:6.1%}  {r['quality_name']} = {r['quality']:.3f}")
+    summary = []
+    if len(seeds) > 1:
+        print(f"\nover seeds {args.seeds}: mean (standard deviation)")
+        for model, preset, dataset, _ in plan[::len(seeds)]:
+            group = [r for r in rows if (r["model"], r["preset"], r["data"]) == (model, preset, dataset)]
+            acc = torch.tensor([r["probe_test_accuracy"] for r in group], dtype=torch.float64)
+            secs = torch.tensor([r["train_seconds"] for r in group], dtype=torch.float64)
+            summary.append({"model": model, "data": dataset, "preset": preset, "seeds": seeds,
+                            "probe_mean": acc.mean().item(), "probe_std": acc.std().item(),
+                            "train_seconds_mean": secs.mean().item(), "train_seconds_std": secs.std().item(),
+                            "reference_accuracy": group[0]["reference_accuracy"], "goal_seconds": group[0]["goal_seconds"]})
+            x = summary[-1]
+            print(f"{model:5} {dataset:8} {preset:7} probe {x['probe_mean']:6.2%} ({x['probe_std']:.2%})  ref "
+                  f"{x['reference_accuracy']:6.2%}   train s {x['train_seconds_mean']:6.1f} ({x['train_seconds_std']:.1f})"
+                  f"  goal {x['goal_seconds']:.0f}")
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}",
               "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "matmul_gflops": peak / 1e9, "rows": rows}
+              "matmul_gflops": peak / 1e9, "rows": rows, "over_seeds": summary}
     path = args.json or os.path.join(args.out, "benchmark.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
