@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -158,16 +159,15 @@ def main():
     summary = []
     if len(seeds) > 1:
         print(f"\nover seeds {args.seeds}: mean (standard deviation)")
-        for model, preset, dataset, _ in plan[::len(seeds)]:
-            group = [r for r in rows if (r["model"], r["preset"], r["data"]) == (model, preset, dataset)]
-            acc = torch.tensor([r["probe_test_accuracy"] for r in group], dtype=torch.float64)
-            secs = torch.tensor([r["train_seconds"] for r in group], dtype=torch.float64)
-            summary.append({"model": model, "data": dataset, "preset": preset, "seeds": seeds,
-                            "probe_mean": acc.mean().item(), "probe_std": acc.std().item(),
-                            "train_seconds_mean": secs.mean().item(), "train_seconds_std": secs.std().item(),
-                            "reference_accuracy": group[0]["reference_accuracy"], "goal_seconds": group[0]["goal_seconds"]})
-            x = summary[-1]
-            print(f"{model:5} {dataset:8} {preset:7} probe {x['probe_mean']:6.2%} ({x['probe_std']:.2%})  ref "
+        for key in dict.fromkeys((r["model"], r["data"], r["preset"]) for r in rows):  # each run, in order
+            group = [r for r in rows if (r["model"], r["data"], r["preset"]) == key]
+            acc, secs = [r["probe_test_accuracy"] for r in group], [r["train_seconds"] for r in group]
+            x = {"model": key[0], "data": key[1], "preset": key[2], "seeds": seeds,
+                 "probe_mean": statistics.mean(acc), "probe_std": statistics.stdev(acc),
+                 "train_seconds_mean": statistics.mean(secs), "train_seconds_std": statistics.stdev(secs),
+                 "reference_accuracy": group[0]["reference_accuracy"], "goal_seconds": group[0]["goal_seconds"]}
+            summary.append(x)
+            print(f"{x['model']:5} {x['data']:8} {x['preset']:7} probe {x['probe_mean']:6.2%} ({x['probe_std']:.2%})  ref "
                   f"{x['reference_accuracy']:6.2%}   train s {x['train_seconds_mean']:6.1f} ({x['train_seconds_std']:.1f})"
                   f"  goal {x['goal_seconds']:.0f}")
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}",
