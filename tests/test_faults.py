@@ -1,6 +1,10 @@
 """Bad input and faults: one clear line and a non-zero exit, never a traceback, never a lost model.
-Every case runs the real command in a subprocess, except the bad command-line arguments, which
-call train.main in this process (one of them also runs through the real script)."""
+
+Where the process itself matters (the exit status the shell sees, Ctrl-C, a fault injected into a
+fresh interpreter, a finished run to damage) the real command runs in a subprocess. The other cases
+call train.main or evaluate.main in this process with the arguments a person would type, which is
+the same code path minus ~5 s of importing torch per case (test_bad_arguments_from_the_shell checks
+that the script itself prints the same one line)."""
 
 import os
 import shutil
@@ -12,8 +16,9 @@ import time
 import pytest
 import torch
 
+import evaluate
 import train
-from conftest import REPO, assert_clean_error, run_script
+from conftest import REPO, assert_clean_error, call_main, run_script
 
 TINY = ["--epochs", "1", "--train-size", "500", "--batch-size", "100", "--no-eval"]
 
@@ -37,14 +42,9 @@ BAD_ARGUMENTS = [
 
 @pytest.mark.parametrize("case", range(len(BAD_ARGUMENTS)), ids=[" ".join(a) or "no-args" for a, _ in BAD_ARGUMENTS])
 def test_bad_arguments(case, tmp_path, capsys):
-    # train.main in this process, with the arguments a person would type: the same parser and exit
-    # path as the command, without importing torch 14 times (test_bad_arguments_from_the_shell below
-    # runs one case through the real script)
     args, needle = BAD_ARGUMENTS[case]
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exit_info:
-        train.main([*args, "--out", str(out)])
-    proc = subprocess.CompletedProcess(args, exit_info.value.code, *capsys.readouterr())
+    proc = call_main(train.main, [*args, "--out", out], capsys)
     assert_clean_error(proc, needle)
     assert not out.exists()  # nothing written
 
@@ -56,40 +56,39 @@ def test_bad_arguments_from_the_shell(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
-def test_cuda_requested_without_a_gpu(tmp_path, mnist_dir):
-    proc = run_script("train.py", "--model", "bae", "--device", "cuda", "--data-dir", mnist_dir,
-                      "--out", tmp_path / "out", cwd=tmp_path)
+def test_cuda_requested_without_a_gpu(tmp_path, mnist_dir, capsys):
+    proc = call_main(train.main, ["--model", "bae", "--device", "cuda", "--data-dir", mnist_dir,
+                                  "--out", tmp_path / "out"], capsys)
     assert_clean_error(proc, "no CUDA GPU", "--device cpu")
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_data(tmp_path):
+def test_missing_data(tmp_path, capsys, monkeypatch):
     # no MNIST there, and no network (the proxy points at a closed local port): one line naming
     # the folder and the four files
-    env = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
-    proc = run_script("train.py", "--model", "bae", "--data-dir", tmp_path / "nowhere", "--out", tmp_path / "out",
-                      cwd=tmp_path, env=env)
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    proc = call_main(train.main, ["--model", "bae", "--data-dir", tmp_path / "nowhere", "--out", tmp_path / "out"],
+                     capsys)
     assert_clean_error(proc, "MNIST not found in", str(tmp_path / "nowhere"), "t10k-labels-idx1-ubyte", "--data-dir")
     assert not (tmp_path / "out").exists() and not (tmp_path / "nowhere").exists()  # nothing left behind
 
 
 @pytest.mark.parametrize("damage, needle", [("truncate", "is truncated or corrupt"), ("magic", "is not an MNIST file")])
-def test_corrupt_data_file(damage, needle, tmp_path, mnist_dir):
+def test_corrupt_data_file(damage, needle, tmp_path, mnist_dir, capsys):
     raw = tmp_path / "mnist" / "MNIST" / "raw"
     shutil.copytree(os.path.join(mnist_dir, "MNIST", "raw"), raw)
     path = raw / "train-images-idx3-ubyte"
     blob = path.read_bytes()
     path.write_bytes(blob[:100_000] if damage == "truncate" else b"\x00\x00\x09\x09" + blob[4:])
-    proc = run_script("train.py", "--model", "bae", "--data-dir", tmp_path / "mnist", "--out", tmp_path / "out",
-                      cwd=tmp_path)
+    proc = call_main(train.main, ["--model", "bae", "--data-dir", tmp_path / "mnist", "--out", tmp_path / "out"], capsys)
     assert_clean_error(proc, "train-images-idx3-ubyte", needle)
 
 
-def test_out_not_writable(tmp_path, mnist_dir):
+def test_out_not_writable(tmp_path, mnist_dir, capsys):
     (tmp_path / "a-file").write_text("x")  # a folder cannot be made inside a file, even by root
-    proc = run_script("train.py", "--model", "bae", *TINY, "--data-dir", mnist_dir, "--out", tmp_path / "a-file" / "out",
-                      cwd=tmp_path)
+    proc = call_main(train.main, ["--model", "bae", *TINY, "--data-dir", mnist_dir, "--out", tmp_path / "a-file" / "out"],
+                     capsys)
     assert_clean_error(proc, "cannot write to --out")
 
 
@@ -102,18 +101,18 @@ def finished_run(tmp_path_factory, mnist_dir):
     return out
 
 
-def test_refuses_to_overwrite_a_finished_run(finished_run, mnist_dir, tmp_path):
+def test_refuses_to_overwrite_a_finished_run(finished_run, mnist_dir, capsys):
     before = (finished_run / "model.pt").read_bytes()
-    proc = run_script("train.py", "--model", "bae", *TINY, "--data-dir", mnist_dir, "--out", finished_run, cwd=tmp_path)
+    proc = call_main(train.main, ["--model", "bae", *TINY, "--data-dir", mnist_dir, "--out", finished_run], capsys)
     assert_clean_error(proc, "already holds a trained model.pt", "--force")
-    proc = run_script("train.py", "--model", "bae", *TINY, "--resume", "--data-dir", mnist_dir, "--out", finished_run,
-                      cwd=tmp_path)
+    proc = call_main(train.main, ["--model", "bae", *TINY, "--resume", "--data-dir", mnist_dir, "--out", finished_run],
+                     capsys)
     assert_clean_error(proc, "no interrupted run", "finished model")
     assert (finished_run / "model.pt").read_bytes() == before
 
 
 @pytest.mark.parametrize("case", ["missing", "folder", "text", "truncated", "other-k", "torch-but-not-ours"])
-def test_evaluate_refuses_bad_checkpoints(case, finished_run, mnist_dir, tmp_path):
+def test_evaluate_refuses_bad_checkpoints(case, finished_run, mnist_dir, tmp_path, capsys):
     good = finished_run / "model.pt"
     path = tmp_path / "model.pt"
     needle = {"missing": "does not exist", "folder": "is a folder", "text": "not a readable checkpoint",
@@ -131,7 +130,7 @@ def test_evaluate_refuses_bad_checkpoints(case, finished_run, mnist_dir, tmp_pat
         torch.save(ckpt, path)
     elif case == "torch-but-not-ours":
         torch.save({"state_dict": {}}, path)
-    proc = run_script("evaluate.py", path, "--data-dir", mnist_dir, cwd=tmp_path)
+    proc = call_main(evaluate.main, [path, "--data-dir", mnist_dir], capsys)
     assert_clean_error(proc, needle)
     assert not (tmp_path / "metrics.json").exists()
 
@@ -240,7 +239,7 @@ def test_ctrl_c_saves_and_resume_matches_an_uninterrupted_run(tmp_path, mnist_di
         assert a["history"][key] == b["history"][key], key
 
 
-def test_resume_refuses_changed_settings(tmp_path, mnist_dir):
+def test_resume_refuses_changed_settings(tmp_path, mnist_dir, capsys):
     out = tmp_path / "out"
     out.mkdir()
     # make an interrupted run by hand: a finished tiny run's resume state is removed, so interrupt
@@ -255,10 +254,10 @@ ae.bae_loss = bae_loss""", tmp_path)
     proc = run("--model", "bae", *TINY, "--data-dir", mnist_dir, "--out", out)
     assert proc.returncode == 130, proc.stderr
     assert (out / "resume.pt").exists()
-    proc = run_script("train.py", "--model", "bae", "--resume", "--lr", "0.5", "--data-dir", mnist_dir, "--out", out,
-                      cwd=tmp_path)
+    proc = call_main(train.main, ["--model", "bae", "--resume", "--lr", "0.5", "--data-dir", mnist_dir, "--out", out],
+                     capsys)
     assert_clean_error(proc, "drop --lr")
-    proc = run_script("train.py", "--model", "vae", "--resume", "--data-dir", mnist_dir, "--out", out, cwd=tmp_path)
+    proc = call_main(train.main, ["--model", "vae", "--resume", "--data-dir", mnist_dir, "--out", out], capsys)
     assert_clean_error(proc, "trains bae, not vae")
-    proc = run_script("train.py", "--model", "bae", *TINY, "--data-dir", mnist_dir, "--out", out, cwd=tmp_path)
+    proc = call_main(train.main, ["--model", "bae", *TINY, "--data-dir", mnist_dir, "--out", out], capsys)
     assert_clean_error(proc, "interrupted run", "--resume")
