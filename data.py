@@ -94,20 +94,19 @@ def to_float(images_uint8):
     return images_uint8.float() / 255.0
 
 
-def variance_batch(s, generator=None):
+def variance_batch(s):
     # varianceMNIST: x = s * e, e ~ N(0, 1) fresh for every pixel, so x ~ N(0, s^2) pixel by pixel.
-    # `generator` (a torch.Generator on s's device) gives a fixed draw, e.g. for evaluation;
-    # None uses torch's global generator, so training draws new noise every read.
-    return s * torch.randn(s.shape, generator=generator, device=s.device, dtype=s.dtype)
+    # The noise comes from torch's global generator on s's device, so every read is a new draw.
+    return s * torch.randn_like(s)
 
 
-def make_batch(images_uint8, dataset, generator=None):
+def make_batch(images_uint8, dataset):
     """The training input for one batch: MNIST intensities, or a fresh varianceMNIST draw."""
     s = to_float(images_uint8)
     if dataset == "mnist":
         return s
     if dataset == "variance":
-        return variance_batch(s, generator)
+        return variance_batch(s)
     raise ValueError(f"unknown dataset {dataset!r}: use 'mnist' or 'variance'")
 
 
