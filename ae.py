@@ -202,8 +202,8 @@ class VAE(nn.Module):
         # The decoder's two heads, the mean and the log-variance of p(x | z), as one transposed
         # convolution with two output channels: channel 0 is the mean, channel 1 the log-variance
         # (before the floor). Each channel has its own weights and bias, so these are still two
-        # separate heads, but the 6x24x24 features are read once instead of twice: the default VAE
-        # run trains 10-13% faster on a 2-core CPU (134 s -> 117-123 s).
+        # separate heads, but the 6x24x24 features are read once instead of twice: a training step
+        # takes 12-15% less time on a 2-core CPU (docs/experiments.md).
         self.dec_heads = nn.ConvTranspose2d(6, 2, 5)  # (B, 6, 24, 24) -> (B, 2, 28, 28)
         # A buffer, not a parameter: it is saved with the model and moves with .to(device), but the
         # optimizer never changes it.
