@@ -41,9 +41,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #     then checked over 3 to 10 seeds each at 3 epochs (on a GPU), since one run's probe accuracy
 #     moves by up to two points with the seed: DAE 3e-3 88.3%, 4e-3 88.4%, 5e-3 87.9%, 6e-3 87.8%;
 #     VAE 3e-3 87.2%, 4e-3 87.0%, 5e-3 87.3%, 6e-3 86.4%. The defaults are within the seeds' spread
-#     of the best, so they stayed (on the CPU, seeds 0-2 of the defaults average 88.8% and 87.7%);
+#     of the best, so they stayed (on the CPU, seeds 0-4 of the defaults average 88.6% and 87.8%);
 #   epochs: 3 for all three. The BAE's and DAE's time goals (34 and 95 s) are about what 3 epochs
-#     take on the 2-core CPU (30-36 s and 92-117 s over runs). A fourth epoch took the VAE over its
+#     take on the 2-core CPU (30-36 s and 92-118 s over runs). A fourth epoch took the VAE over its
 #     150 s (151-156 s) and did not raise its probe (86.7% over seeds 0-2, against 87.7% at 3
 #     epochs), though its ELBO kept improving. The DAE gains about a point from its third epoch.
 DEFAULTS = {
