@@ -14,8 +14,11 @@ Ideas and papers:
 - denoising autoencoder: Vincent et al., "Extracting and composing robust features with denoising
   autoencoders", ICML 2008; the mask decoder is the form of the optimal denoiser of a Gaussian
   pixel, derived above `DenoisingAE`;
-- variational autoencoder: Kingma & Welling, "Auto-encoding variational Bayes", ICLR 2014.
+- variational autoencoder: Kingma & Welling, "Auto-encoding variational Bayes", ICLR 2014; its
+  log-likelihood by importance sampling: Burda et al., "Importance weighted autoencoders", 2015.
 """
+
+import math
 
 import torch
 import torch.nn as nn
@@ -62,11 +65,9 @@ def bae_loss(model, x):
 #
 # BatchNorm before each ReLU of the encoder. varianceMNIST pixels are signed and small (std ~0.3)
 # and the shape is in their squares, so the first layers start far from a useful scale; BatchNorm
-# rescales them every step. Measured on the full data, 3 epochs: DAE probe accuracy 88.1% with it,
-# 85.2% without (codes read with the training statistics, see adapt_batchnorm below); VAE (4
-# epochs) 88.6% against 86.8%. In the decoder it did not help (it hurt the VAE), so there is none.
-# In eval mode BatchNorm is a fixed affine map, so the code of a test image does not depend on the
-# other images of its batch.
+# rescales them every step. It raised the probe accuracy of both conv models; in the decoder it did
+# not help, so there is none (docs/experiments.md has the runs). In eval mode BatchNorm is a fixed
+# affine map, so the code of a test image does not depend on the other images of its batch.
 
 
 def conv_encoder_body():
@@ -135,45 +136,6 @@ def dae_loss(model, x, noise_std=0.2):
     return F.mse_loss(model(x_noisy), x)
 
 
-# The codes of clean images, from an encoder trained on corrupted ones.
-#
-# The DAE's encoder only ever sees corrupted images x~ in training, so the running statistics of
-# its BatchNorm layers (the mean and variance each one subtracts and divides by in eval mode) are
-# those of x~, whose pixels have variance s^2 + sigma_n^2. The codes we study, though, are the
-# codes of the data itself, clean varianceMNIST images x with pixel variance s^2 (the original
-# implementation's script also encoded clean images, in train mode). Fed x, the encoder would
-# normalise with x~'s numbers and hand the next layer smaller activations than it was trained on.
-# Re-estimating the statistics from clean images fixes that without changing a weight: "AdaBN" (Li
-# et al., "Revisiting batch normalization for practical domain adaptation", 2016). Measured on the
-# default DAE run: probe accuracy 88.47% with the statistics of x~, 89.17% with those of x (seeds 1
-# and 2: 88.10 -> 88.35%, 88.67 -> 88.86%). evaluate.py does this on a copy of the model, so the
-# model itself, a denoiser of x~, keeps the statistics of x~.
-
-
-@torch.no_grad()
-def adapt_batchnorm(model, batches):
-    """Re-estimate the running mean and variance of the encoder's BatchNorm layers from `batches`.
-
-    `batches` is an iterable of inputs (B, 1, 28, 28); the statistics become the average of their
-    batch statistics. Only the BatchNorm buffers change. Returns the model.
-    """
-    norms = [m for m in model.encoder.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # None: a plain average over all the batches, not a running one
-    was_training = model.training
-    model.train()  # in train mode, BatchNorm updates its running statistics as it goes
-    try:
-        for x in batches:
-            model.encode(x)
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        model.train(was_training)
-    return model
-
-
 # -------------------------------------------------------------------------------------------------
 # Variational autoencoder.
 #
@@ -202,8 +164,8 @@ class VAE(nn.Module):
         # The decoder's two heads, the mean and the log-variance of p(x | z), as one transposed
         # convolution with two output channels: channel 0 is the mean, channel 1 the log-variance
         # (before the floor). Each channel has its own weights and bias, so these are still two
-        # separate heads, but the 6x24x24 features are read once instead of twice: a training step
-        # takes 12-15% less time on a 2-core CPU (docs/experiments.md).
+        # separate heads, but the 6x24x24 features are read once instead of twice, which makes a
+        # training step noticeably faster (docs/experiments.md).
         self.dec_heads = nn.ConvTranspose2d(6, 2, 5)  # (B, 6, 24, 24) -> (B, 2, 28, 28)
         # A buffer, not a parameter: it is saved with the model and moves with .to(device), but the
         # optimizer never changes it.
@@ -256,6 +218,45 @@ def vae_loss(model, x):
     # with the expectation estimated by one reparameterised sample z ~ q(z | x).
     mu_x, logvar_x, mu_z, logvar_z = model(x)
     return (kl_to_standard_normal(mu_z, logvar_z) + gaussian_nll(x, mu_x, logvar_x)).mean()
+
+
+# -------------------------------------------------------------------------------------------------
+# How tight is the bound? The VAE's own log-likelihood, by importance sampling.
+#
+# The ELBO is a lower bound on log p(x) = log E_{p(z)}[p(x | z)]. Drawing z from q(z | x) instead
+# of p(z) and reweighting gives an unbiased estimate of p(x) itself (Burda, Grosse & Salakhutdinov,
+# "Importance weighted autoencoders", 2015):
+#
+#     p(x) = E_{z ~ q(z|x)}[ p(x | z) p(z) / q(z | x) ]
+#     log p(x) ~ log (1/S) sum_s w_s,    w_s = p(x | z_s) p(z_s) / q(z_s | x),   z_s ~ q(z | x)
+#
+# By Jensen's inequality the mean of log w_s (the ELBO, estimated with S samples) is at most the log
+# of the mean of w_s, and the latter rises towards log p(x) as S grows. The weights span hundreds of
+# nats, so the mean is taken in log space with logsumexp, which never forms exp(log w) directly.
+
+
+@torch.no_grad()
+def importance_sampled_nll(model, x, n_samples, generator=None):
+    """-log p(x) and -ELBO per image (B,), from the same n_samples draws of z ~ q(z | x).
+
+    In the units of vae_loss: nats per image, without the (D/2) log(2 pi) constant. `model` needs
+    encode_dist(x) -> (mu_z, logvar_z) and decode(z) -> (mu_x, logvar_x). The noise comes from
+    `generator` (a CPU torch.Generator; None: the global one) and is moved to x's device.
+    """
+    mu_z, logvar_z = model.encode_dist(x)  # two (B, K)
+    log_w = []
+    for _ in range(n_samples):
+        eps = torch.randn(mu_z.shape, generator=generator, dtype=mu_z.dtype).to(mu_z.device)
+        z = mu_z + torch.exp(0.5 * logvar_z) * eps  # z ~ q(z | x), reparameterised as in training
+        mu_x, logvar_x = model.decode(z)
+        # log w = log p(x | z) + log p(z) - log q(z | x); gaussian_nll drops the same constant
+        # (K/2) log(2 pi) from log p(z) and log q(z | x), so it cancels in their difference.
+        log_p_x_given_z = -gaussian_nll(x, mu_x, logvar_x)
+        log_p_z_over_q = gaussian_nll(z, mu_z, logvar_z) - gaussian_nll(z, torch.zeros_like(z), torch.zeros_like(z))
+        log_w.append(log_p_x_given_z + log_p_z_over_q)  # (B,)
+    log_w = torch.stack(log_w)  # (S, B)
+    log_p_x = torch.logsumexp(log_w, dim=0) - math.log(n_samples)  # log of the mean of w, stably
+    return -log_p_x, -log_w.mean(dim=0)
 
 
 # The model class for each --model name (train.py pairs each with its loss).

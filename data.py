@@ -13,7 +13,7 @@ Two ways to get the same distribution:
 - `load_mnist` + `variance_batch`, which the training loop uses: the whole split as one uint8
   tensor on the training device, and noise drawn for a whole batch at once. Both draw x = s * e with
   e a fresh N(0, 1) for every pixel of every read, so both give the same distribution; the second is
-  50 to 100 times faster because it skips the per-image PIL and Python work.
+  many times faster because it skips the per-image PIL and Python work.
 
 Needs torch and torchvision only. MNIST is read through `torchvision.datasets.MNIST(root,
 download=True)`, which downloads it into `root` when it is missing and there is a network.
@@ -24,6 +24,61 @@ import sys
 
 import torch
 from torchvision import datasets, transforms
+
+
+def to_float(images_uint8):
+    # MNIST intensities s in [0, 1]: the clean images of MNIST, and the standard deviations of
+    # the pixels of varianceMNIST.
+    return images_uint8.float() / 255.0
+
+
+def variance_batch(s):
+    # varianceMNIST: x = s * e, e ~ N(0, 1) fresh for every pixel, so x ~ N(0, s^2) pixel by pixel.
+    # The noise comes from torch's global generator on s's device, so every read is a new draw.
+    return s * torch.randn_like(s)
+
+
+def make_batch(images_uint8, dataset):
+    """The training input for one batch: MNIST intensities, or a fresh varianceMNIST draw."""
+    s = to_float(images_uint8)
+    if dataset == "mnist":
+        return s
+    if dataset == "variance":
+        return variance_batch(s)
+    raise ValueError(f"unknown dataset {dataset!r}: use 'mnist' or 'variance'")
+
+
+def load_mnist(root, train, device="cpu"):
+    """One split as tensors: images (N, 1, 28, 28) uint8 and labels (N,) int64, on `device`.
+
+    Kept as uint8 (47 MB for the training split) and turned into floats one batch at a time.
+    """
+    ds = mnist(root, train)
+    images = ds.data.unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
+    return images.to(device), ds.targets.to(device)
+
+
+def variance_mnist_dataset(root, train=True):
+    """varianceMNIST as a torchvision Dataset, one image at a time (the seed's form).
+
+    `transforms.ToTensor()` turns the PIL image into intensities s in [0, 1], shape (1, 28, 28);
+    the Lambda multiplies them by noise drawn anew at every read, so reading the same index twice
+    gives two different images with the same pixel variances. Slow (PIL and Python per image), but
+    it plugs into any DataLoader: DataLoader(variance_mnist_dataset("data"), batch_size=32).
+    """
+    mnist(root, train)  # check (and if need be download) the files, with one-line errors
+    # variance_batch works on one image as on a batch. A module-level function, not a lambda, so
+    # that DataLoader workers started by "spawn" (macOS, Windows) can pickle the transform.
+    noise = transforms.Lambda(variance_batch)
+    return datasets.MNIST(root, train=train, download=True,
+                          transform=transforms.Compose([transforms.ToTensor(), noise]))
+
+
+# =================================================================================================
+# The machinery. A first reading may stop here: what follows checks the MNIST files so that a
+# missing or damaged one is reported in one line, and gives this file a small command.
+# =================================================================================================
+
 
 # The four raw files torchvision expects under <root>/MNIST/raw, with their IDX magic number
 # (2051 images, 2049 labels) and the number of items each must hold.
@@ -76,58 +131,6 @@ def mnist(root, train):
     for name, (magic, count) in MNIST_FILES.items():
         check_mnist_file(os.path.join(raw, name), magic, count)
     return datasets.MNIST(root, train=train, download=True)
-
-
-def load_mnist(root, train, device="cpu"):
-    """One split as tensors: images (N, 1, 28, 28) uint8 and labels (N,) int64, on `device`.
-
-    Kept as uint8 (47 MB for the training split) and turned into floats one batch at a time.
-    """
-    ds = mnist(root, train)
-    images = ds.data.unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
-    return images.to(device), ds.targets.to(device)
-
-
-def to_float(images_uint8):
-    # MNIST intensities s in [0, 1]: the clean images of MNIST, and the standard deviations of
-    # the pixels of varianceMNIST.
-    return images_uint8.float() / 255.0
-
-
-def variance_batch(s):
-    # varianceMNIST: x = s * e, e ~ N(0, 1) fresh for every pixel, so x ~ N(0, s^2) pixel by pixel.
-    # The noise comes from torch's global generator on s's device, so every read is a new draw.
-    return s * torch.randn_like(s)
-
-
-def make_batch(images_uint8, dataset):
-    """The training input for one batch: MNIST intensities, or a fresh varianceMNIST draw."""
-    s = to_float(images_uint8)
-    if dataset == "mnist":
-        return s
-    if dataset == "variance":
-        return variance_batch(s)
-    raise ValueError(f"unknown dataset {dataset!r}: use 'mnist' or 'variance'")
-
-
-def variance_mnist_dataset(root, train=True):
-    """varianceMNIST as a torchvision Dataset, one image at a time (the seed's form).
-
-    `transforms.ToTensor()` turns the PIL image into intensities s in [0, 1], shape (1, 28, 28);
-    the Lambda multiplies them by noise drawn anew at every read, so reading the same index twice
-    gives two different images with the same pixel variances. Slow (PIL and Python per image), but
-    it plugs into any DataLoader: DataLoader(variance_mnist_dataset("data"), batch_size=32).
-    """
-    mnist(root, train)  # check (and if need be download) the files, with one-line errors
-    noise = transforms.Lambda(multiply_by_noise)
-    return datasets.MNIST(root, train=train, download=True,
-                          transform=transforms.Compose([transforms.ToTensor(), noise]))
-
-
-def multiply_by_noise(s):
-    # x = s * e, e ~ N(0, 1). A module-level function, not a lambda, so that DataLoader workers
-    # started by "spawn" (the default on macOS and Windows) can pickle the transform.
-    return s * torch.randn_like(s)
 
 
 def main():

@@ -170,28 +170,57 @@ def test_dae_loss_uses_fresh_noise_of_the_given_std():
     assert len(set(losses)) == 50  # a new draw every call
 
 
-def test_adapt_batchnorm_sets_the_statistics_of_the_given_batches():
-    torch.manual_seed(0)
-    model = ae.DenoisingAE(4).eval()
-    model.decoder.append(torch.nn.BatchNorm2d(1))  # a decoder BatchNorm, which encoding never runs,
-    model.decoder[-1].running_var.fill_(3.0)      # must keep its statistics
-    weights = {k: v.clone() for k, v in model.state_dict().items()
-               if not (k.startswith("encoder") and ("running" in k or "num_batches" in k))}
-    batches = [torch.randn(50, 1, 28, 28) * s for s in (0.5, 1.0, 2.0)]  # three different scales
-    ae.adapt_batchnorm(model, batches)
-    # Oracle: the first BatchNorm sees the first convolution's output; numpy averages its per-batch
-    # channel means and (unbiased) variances.
-    conv, norm = model.encoder[0][0], model.encoder[0][1]
-    with torch.no_grad():
-        feats = [conv(x).permute(1, 0, 2, 3).reshape(6, -1).double().numpy() for x in batches]
-    np.testing.assert_allclose(norm.running_mean.numpy(), np.mean([f.mean(1) for f in feats], 0), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(norm.running_var.numpy(), np.mean([f.var(1, ddof=1) for f in feats], 0), rtol=1e-4)
-    # Every BatchNorm moved away from its initial (0, 1); nothing else changed; mode and momentum are back.
-    for m in model.encoder.modules():
-        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-            assert not torch.allclose(m.running_var, torch.ones_like(m.running_var)) and m.momentum == 0.1
-    for k, v in model.state_dict().items():
-        if k in weights:
-            assert torch.equal(v, weights[k]), k
-    assert torch.all(model.decoder[-1].running_var == 3.0)
-    assert not model.training
+class LinearGaussian(torch.nn.Module):
+    """p(z) = N(0, I), p(x | z) = N(W z + b, s^2 I), whose log p(x) is known in closed form, with an
+    encoder q(z | x) = N(A x + c, diag(exp(lv))) that is deliberately not the true posterior."""
+
+    def __init__(self, W, b, s2, A, c, lv):
+        super().__init__()
+        self.W, self.b, self.s2, self.A, self.c, self.lv = W, b, s2, A, c, lv
+
+    def encode_dist(self, x):
+        return x @ self.A.T + self.c, self.lv.expand(x.shape[0], -1)
+
+    def decode(self, z):
+        mu = z @ self.W.T + self.b
+        return mu, torch.full_like(mu, math.log(self.s2))
+
+
+def test_importance_sampled_nll_on_a_linear_gaussian_model():
+    torch.manual_seed(8)
+    D, K, s2, n = 6, 2, 0.3, 2000
+    W, b = torch.randn(D, K, dtype=torch.float64), torch.randn(D, dtype=torch.float64)
+    # The true posterior: Sigma = (I + W^T W / s^2)^-1, mean Sigma W^T (x - b) / s^2. The encoder
+    # shrinks the mean and widens the variance, so that one sample is far from enough.
+    sigma = torch.linalg.inv(torch.eye(K, dtype=torch.float64) + W.T @ W / s2)
+    A = 0.7 * sigma @ W.T / s2
+    model = LinearGaussian(W, b, s2, A, -A @ b, torch.log(torch.diagonal(sigma)) + 0.7)
+    x = torch.randn(n, K, dtype=torch.float64) @ W.T + b + math.sqrt(s2) * torch.randn(n, D, dtype=torch.float64)
+    # Oracle 1, log p(x) in closed form: x ~ N(b, W W^T + s^2 I); without the (D/2) log 2pi constant
+    true_nll = -(torch.distributions.MultivariateNormal(b, W @ W.T + s2 * torch.eye(D, dtype=torch.float64))
+                 .log_prob(x) + D / 2 * math.log(2 * math.pi))
+    # Oracle 2, -ELBO in closed form: KL(q || p) + E_q[-log p(x | z)], the expectation of a quadratic
+    mu, lv = model.encode_dist(x)
+    resid = x - mu @ W.T - b  # (n, D)
+    spread = (W.pow(2) * lv.exp()[:1]).sum(1)  # diag(W diag(sigma_q^2) W^T), (D,)
+    exact_neg_elbo = ae.kl_to_standard_normal(mu, lv) + 0.5 * (math.log(s2) + (resid.pow(2) + spread) / s2).sum(1)
+    gap = (exact_neg_elbo - true_nll).mean().item()
+    assert gap > 0.3  # the encoder is bad enough that the bound is loose
+
+    gen = torch.Generator().manual_seed(9)
+    means = {}
+    for samples in (1, 10, 100, 1000):
+        nll, neg_elbo = ae.importance_sampled_nll(model, x, samples, generator=gen)
+        assert nll.shape == neg_elbo.shape == (n,)
+        assert torch.all(neg_elbo >= nll - 1e-9)  # Jensen: mean of log w <= log of mean of w, draw by draw
+        se = (nll - true_nll).std().item() / math.sqrt(n)
+        means[samples] = (nll - true_nll).mean().item()  # the estimate's excess over the truth
+        # between the two oracles, up to sampling noise
+        assert -4 * se < means[samples] < gap + 4 * se, (samples, means[samples], gap, se)
+        # its own -ELBO, averaged over the samples, is an unbiased estimate of the exact -ELBO
+        se_elbo = (neg_elbo - exact_neg_elbo).std().item() / math.sqrt(n)
+        assert abs((neg_elbo - exact_neg_elbo).mean().item()) < 4 * se_elbo + 1e-9
+    # one sample is the ELBO itself; more samples approach log p(x)
+    assert abs(means[1] - gap) < 0.1 * gap
+    assert means[1] > means[10] > means[100] > means[1000]
+    assert means[1000] < 0.05 * gap

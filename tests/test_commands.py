@@ -7,6 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+import ae
+import data
+import evaluate
 from conftest import run_script
 
 SMALL = ["--epochs", "1", "--train-size", "2000", "--batch-size", "64"]
@@ -39,23 +42,66 @@ def test_train_then_evaluate(model, mnist_dir, tmp_path):
         assert metrics["test_neg_elbo"] > metrics["oracle_nll"]
         assert np.isclose(metrics["test_neg_elbo"], metrics["test_kl"] + metrics["test_nll"])
 
+    # The saved arrays: the codes of the 2000 training images the model saw and of the 10000 test
+    # images, in MNIST's order; fitting the probe again on them gives exactly the reported numbers.
     codes_train, codes_test = np.load(out / "codes_train.npy"), np.load(out / "codes_test.npy")
-    assert codes_train.shape == (60000, 10) and codes_test.shape == (10000, 10)
-    assert np.load(out / "labels_train.npy")[:5].tolist() == [5, 0, 4, 1, 9]
-    assert np.load(out / "labels_test.npy").shape == (10000,)
+    labels_train, labels_test = np.load(out / "labels_train.npy"), np.load(out / "labels_test.npy")
+    assert codes_train.shape == (2000, 10) and codes_test.shape == (10000, 10)
+    assert labels_train[:5].tolist() == [5, 0, 4, 1, 9] and labels_test[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    codes_train, codes_test, labels_train, labels_test = map(torch.as_tensor, (codes_train, codes_test, labels_train, labels_test))
+    predict = evaluate.fit_probe(codes_train, labels_train)
+    assert evaluate.accuracy(predict, codes_test, labels_test) == metrics["probe_test_accuracy"]
+    assert evaluate.accuracy(predict, codes_train, labels_train) == metrics["probe_train_accuracy"]
     assert np.load(out / "pca_test.npy").shape == (10000, 2)
+    baselines = metrics["baselines"]
+    assert set(baselines) == {"pixels", "pca", "untrained"} | ({"pixels_squared"} if model != "bae" else set())
+    assert all(0 < v <= 1 for v in baselines.values())
+
+    images, _ = data.load_mnist(mnist_dir, train=False)
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    if model == "bae":  # MNIST has no noise: the first test codes are the model's codes of the first test images
+        net = ae.BottleneckAE(10)
+        net.load_state_dict(ckpt["model"])
+        with torch.no_grad():
+            np.testing.assert_allclose(net.encode(images[:5].float() / 255), codes_test[:5], rtol=1e-5, atol=1e-6)
 
     scatter = np.asarray(Image.open(out / "pca_test.ppm"))
     assert scatter.ndim == 3 and len(np.unique(scatter.reshape(-1, 3), axis=0)) > 10
+    # recon.pgm: a row per stage, a column per digit 0-9 (the first test image of each), each
+    # 28x28 digit at (2 + 30 row, 2 + 30 column). Row 0 is MNIST itself, byte for byte; row 1 of
+    # varianceMNIST is the input x = s * e (e from the test seed's generator), -1..1 shown as 0..255.
     recon = np.asarray(Image.open(out / "recon.pgm"))
     rows = {"bae": 2, "dae": 6, "vae": 5}[model]
     assert recon.shape == (rows * 30 + 2, 10 * 30 + 2)
-    assert np.array_equal(np.asarray(Image.open(out / "recon.png")), recon)
+    assert np.array_equal(np.asarray(Image.open(out / "recon.png"))[:, :, 0], recon)
+    _, test_labels = data.load_mnist(mnist_dir, train=False)
+    first = [int(torch.nonzero(test_labels == d)[0, 0]) for d in range(10)]
+
+    def tile(picture, row, col):
+        return picture[2 + 30 * row: 30 + 30 * row, 2 + 30 * col: 30 + 30 * col].astype(int)
+
+    for d in range(10):
+        assert np.array_equal(tile(recon, 0, d), images[first[d], 0].numpy()), d
+    if model != "bae":
+        s = images[first].float() / 255
+        x = s * torch.randn(s.shape, generator=torch.Generator().manual_seed(evaluate.SEEDS["test"]))
+        shown = np.floor(((x[:, 0] + 1) / 2).clamp(0, 1).numpy() * 255 + 0.5)
+        for d in range(10):
+            assert np.abs(tile(recon, 1, d) - shown[d]).max() <= 1, d
+    # interpolation.pgm: pairs (0, 1), (2, 3), ...: the first digit, 10 decoded steps, the second
+    inter = np.asarray(Image.open(out / "interpolation.pgm"))
+    assert inter.shape == (5 * 30 + 2, 12 * 30 + 2)
+    for r in range(5):
+        assert np.array_equal(tile(inter, r, 0), images[first[2 * r], 0].numpy())
+        assert np.array_equal(tile(inter, r, 11), images[first[2 * r + 1], 0].numpy())
     if model == "vae":
         assert np.asarray(Image.open(out / "samples.pgm")).shape == (10 * 30 + 2, 10 * 30 + 2)
+        assert np.asarray(Image.open(out / "traversal.pgm")).shape == (10 * 30 + 2, 9 * 30 + 2)
+        assert metrics["subset_size"] == 500 and metrics["is_samples"] == 100
+        # -ELBO >= -log p(x) >= the true model's NLL, on the same 500 test images
+        assert metrics["subset_neg_elbo"] >= metrics["test_nll_is"] > metrics["subset_oracle_nll"]
     assert not (out / "resume.pt").exists()  # a finished run leaves only its result
 
-    ckpt = torch.load(out / "model.pt", weights_only=True)
     assert ckpt["config"] == metrics["config"]
 
     if model == "bae":

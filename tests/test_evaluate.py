@@ -2,6 +2,7 @@
 problems with known answers."""
 
 import io
+import math
 import os
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 from PIL import Image  # comes with torchvision; an independent reader of PGM, PPM and PNG
 
+import ae
 import evaluate
 
 
@@ -52,26 +54,147 @@ def test_probe_on_toy_problems():
     assert (pred == (xn @ w > 0)).mean() > 0.995
 
 
-def test_pgm_ppm_png_round_trip(tmp_path):
-    rng = np.random.default_rng(1)
-    grey = rng.integers(0, 256, (13, 17), dtype=np.uint8)
-    colour = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
-    evaluate.save_image(str(tmp_path / "g"), grey)
-    evaluate.save_image(str(tmp_path / "c"), colour)
-    assert (tmp_path / "g.pgm").read_bytes().startswith(b"P5\n17 13\n255\n")
+def test_probe_standardises_with_the_training_statistics():
+    torch.manual_seed(3)
+    centres = torch.randn(10, 4, dtype=torch.float64) * 2
+    labels = torch.arange(10).repeat_interleave(100)
+    codes = centres[labels] + torch.randn(1000, 4, dtype=torch.float64)
+    test_labels = torch.randint(0, 10, (500,))
+    test_codes = centres[test_labels] + torch.randn(500, 4, dtype=torch.float64)
+    predict = evaluate.fit_probe(codes, labels)
+    # Each dimension rescaled and shifted, by factors up to 1e6 apart: standardisation undoes it
+    # exactly, so the probe predicts the same labels (without it, L-BFGS and the L2 penalty would
+    # see another problem).
+    scale = torch.tensor([1e-3, 1.0, 1e3, 5e2], dtype=torch.float64)
+    shift = torch.tensor([100.0, -3.0, 0.0, 1e4], dtype=torch.float64)
+    rescaled = evaluate.fit_probe(codes * scale + shift, labels)
+    assert torch.equal(rescaled(test_codes * scale + shift), predict(test_codes))
+    # the statistics are the training codes': one test code alone is classified as in a batch
+    alone = torch.cat([predict(test_codes[i:i + 1]) for i in range(20)])
+    assert torch.equal(alone, predict(test_codes[:20]))
+    assert evaluate.accuracy(predict, test_codes, test_labels) > 0.5
+
+
+def test_input_baselines_see_the_digit_only_in_the_squares():
+    # A small varianceMNIST-like problem: class c puts all its variance in pixels 10c..10c+9, the
+    # mean is 0 everywhere. A linear readout of x can only catch the draws whose block happens to
+    # point along its weights (about half); of x^2 it is nearly perfect. A 10-dim PCA fitted on the
+    # training inputs, projected as in numpy, gives what the function says.
+    gen = torch.Generator().manual_seed(4)
+
+    def draw(n):
+        y = torch.randint(0, 10, (n,), generator=gen)
+        s = torch.full((n, 100), 0.05)
+        s[torch.arange(n)[:, None], (10 * y)[:, None] + torch.arange(10)] = 1.0
+        return s * torch.randn(n, 100, generator=gen), y
+
+    x, y = draw(3000)
+    xt, yt = draw(1000)
+    result = evaluate.input_baselines(x, y, xt, yt, "variance", 10)
+    assert set(result) == {"pixels", "pixels_squared", "pca"}
+    assert result["pixels"] < 0.6 and result["pixels_squared"] > 0.95
+    xn = x.double().numpy()
+    _, _, vt = np.linalg.svd(xn - xn.mean(0), full_matrices=False)
+    project = lambda a: torch.as_tensor((a.double().numpy() - xn.mean(0)) @ vt[:10].T)
+    assert abs(result["pca"] - evaluate.probe_accuracy(project(x), y, project(xt), yt)) <= 2 / 1000
+    assert set(evaluate.input_baselines(x, y, xt, yt, "mnist", 10)) == {"pixels", "pca"}
+
+
+def test_pictures_are_written_as_pgm_ppm_and_png_with_the_same_bytes(tmp_path):
+    # Oracle: Pillow reads the files back; save_image's rounding is floor(255 v + 0.5).
+    torch.manual_seed(1)
+    rows = [torch.rand(4, 1, 28, 28) for _ in range(3)]
+    picture = evaluate.grid(rows)  # 3 rows of 4 digits, 2-pixel white borders
+    evaluate.save_picture(str(tmp_path / "g"), picture)
+    grey = np.asarray(Image.open(tmp_path / "g.pgm"))
+    assert (tmp_path / "g.pgm").read_bytes().startswith(b"P5\n122 92\n255\n") and grey.shape == (92, 122)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "g.png"))[:, :, 0], grey)
+    # the digit in row r, column c has its top-left pixel at (2 + 30 r, 2 + 30 c)
+    for r, c in [(0, 0), (1, 3), (2, 1)]:
+        expected = np.floor(rows[r][c, 0].numpy() * 255 + 0.5)
+        assert np.array_equal(grey[2 + 30 * r: 30 + 30 * r, 2 + 30 * c: 30 + 30 * c], expected), (r, c)
+    assert np.all(grey[:2] == 255) and np.all(grey[:, 30:32] == 255)  # the borders
+    colour = torch.rand(3, 9, 11)
+    evaluate.save_picture(str(tmp_path / "c"), colour, grey=False)
     assert (tmp_path / "c.ppm").read_bytes().startswith(b"P6\n11 9\n255\n")
-    for path, expected in [("g.pgm", grey), ("g.png", grey), ("c.ppm", colour), ("c.png", colour)]:
+    expected = np.floor(colour.permute(1, 2, 0).numpy() * 255 + 0.5)
+    for path in ("c.ppm", "c.png"):
         assert np.array_equal(np.asarray(Image.open(tmp_path / path)), expected), path
-    assert np.array_equal(evaluate.decode_pnm((tmp_path / "g.pgm").read_bytes()), grey)
-    assert np.array_equal(evaluate.decode_pnm((tmp_path / "c.ppm").read_bytes()), colour)
 
 
-def test_scatter_image_draws_every_class_in_its_colour():
-    points = np.array([[float(d), float(d % 3)] for d in range(10)])
-    img = evaluate.scatter_image(points, np.arange(10))
-    plot = img[:, :480].reshape(-1, 3)
+def test_signed_images_map_zero_to_mid_grey():
+    x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0])
+    assert evaluate.to_unit(x, signed=True).tolist() == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert evaluate.to_unit(x).tolist() == [0.0, 0.0, 0.0, 0.0, 0.5, 1.0, 1.0]
+
+
+def test_scatter_image_draws_every_point_in_its_digits_colour():
+    # Oracle: the mapping stated in scatter_image's docstring, for points at known places.
+    size = 480
+    points = np.array([[float(d), float((d * 7) % 10)] for d in range(10)])  # x 0..9, y a permutation
+    labels = np.array([3, 1, 4, 0, 5, 9, 2, 6, 8, 7])  # every digit once, not in the points' order
+    img = evaluate.scatter_image(points, labels, size=size)
+    assert img.shape == (size, size + 60, 3) and img.dtype == np.uint8
+    for (px, py), label in zip(points, labels):
+        col = int(8 + px / 9 * (size - 18))
+        row = int(size - 10 - py / 9 * (size - 18))
+        dot = img[row:row + 3, col:col + 3].reshape(-1, 3)
+        assert (dot == evaluate.PALETTE[label]).all(), (px, py, label)
+    plot = img[:, :size].reshape(-1, 3)
     for d in range(10):
-        assert (plot == evaluate.PALETTE[d]).all(1).sum() == 9  # one 3x3 dot each
+        assert (plot == evaluate.PALETTE[d]).all(1).sum() == 9  # one 3x3 dot each, nothing else
+    key = img[:, size:].reshape(-1, 3)
+    for d in range(10):  # a 15x15 swatch of each colour in the key
+        assert (key == evaluate.PALETTE[d]).all(1).sum() == 15 * 15
+
+
+class ConstantMask(torch.nn.Module):
+    """A "DAE" whose mask is the constant k: for constant images, k = s^2 / (s^2 + sigma_n^2) is
+    the optimal denoiser itself."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x_noisy):
+        return x_noisy * self.k
+
+
+def test_dae_oracle_on_constant_images():
+    images = torch.full((2000, 1, 28, 28), 128, dtype=torch.uint8)
+    s2, sigma2 = (128 / 255) ** 2, 0.2 ** 2
+    gen = torch.Generator().manual_seed(0)
+    randn_like = lambda t: torch.randn(t.shape, generator=gen)  # noqa: E731
+    config = {"noise_std": 0.2, "dataset": "variance"}
+    m = evaluate.dae_quality(ConstantMask(s2 / (s2 + sigma2)), config, images, "cpu", randn_like)
+    assert m["mse_over_oracle"] == pytest.approx(1.0, abs=1e-5)  # the same draws, the same denoiser
+    # closed form: E[(k x~ - x)^2] = s^2 sigma_n^2 / (s^2 + sigma_n^2); 1.6M pixels, se ~0.1%
+    assert m["oracle_mse"] == pytest.approx(s2 * sigma2 / (s2 + sigma2), rel=0.01)
+    worse = evaluate.dae_quality(ConstantMask(1.0), config, images, "cpu", randn_like)  # no denoising
+    assert worse["mse_over_oracle"] == pytest.approx(sigma2 / (s2 * sigma2 / (s2 + sigma2)), rel=0.01)
+
+
+def test_vae_oracle_nll_on_constant_images():
+    # The true model's expected NLL, 1/2 sum_i (log v_i + s_i^2 / v_i) with v = max(s^2, e^-6),
+    # in closed form for images whose pixels all have the same s.
+    def closed(s):
+        v = max(s * s, math.exp(-6))
+        return 784 * 0.5 * (math.log(v) + s * s / v)
+
+    for value in (0, 2, 128, 255):  # 2/255: below the floor; 0: the floor alone
+        s = torch.full((3, 1, 28, 28), value / 255)
+        assert evaluate.oracle_nll(s, -6.0).tolist() == pytest.approx([closed(value / 255)] * 3, rel=1e-6)
+    images = torch.cat([torch.full((10, 1, 28, 28), 128, dtype=torch.uint8), torch.zeros(10, 1, 28, 28, dtype=torch.uint8)])
+    torch.manual_seed(0)
+    model = ae.VAE(3).eval()
+    gen = torch.Generator().manual_seed(0)
+    m = evaluate.vae_quality(model, {"dataset": "variance"}, images, "cpu",
+                             lambda t: torch.randn(t.shape, generator=gen), is_images=10, is_samples=3)
+    assert m["oracle_nll"] == pytest.approx((closed(128 / 255) + closed(0)) / 2, rel=1e-6)
+    assert m["subset_oracle_nll"] == pytest.approx(closed(128 / 255), rel=1e-6)  # the first 10 images
+    assert m["subset_size"] == 10 and m["is_samples"] == 3
+    assert m["subset_neg_elbo"] >= m["test_nll_is"]
+    assert m["test_neg_elbo"] == pytest.approx(m["test_kl"] + m["test_nll"])
 
 
 def test_atomic_write_never_leaves_half_a_file(tmp_path):
@@ -102,3 +225,46 @@ def test_load_checkpoint_refuses_what_is_not_one(tmp_path):
     (tmp_path / "cut.pt").write_bytes(buf.getvalue()[:2000])
     with pytest.raises(evaluate.CheckpointError, match="not a readable checkpoint"):
         evaluate.load_checkpoint(str(tmp_path / "cut.pt"))
+
+
+class RunsCode:
+    def __reduce__(self):  # unpickling this calls os.system: what a malicious checkpoint does
+        return (os.system, ("touch ran-pickled-code",))
+
+
+def test_load_checkpoint_never_runs_pickled_code(tmp_path, monkeypatch):
+    torch.save({"model": {}, "config": {}, "payload": RunsCode()}, tmp_path / "evil.pt")
+    monkeypatch.chdir(tmp_path)
+    # torch before 2.6 loaded pickled code unless weights_only=True was passed; this environment
+    # variable gives today's torch that old default, so only an explicit weights_only=True refuses
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(evaluate.CheckpointError, match="not a readable checkpoint"):
+        evaluate.load_checkpoint(str(tmp_path / "evil.pt"))
+    assert not (tmp_path / "ran-pickled-code").exists()
+
+
+def test_adapt_batchnorm_sets_the_statistics_of_the_given_batches():
+    torch.manual_seed(0)
+    model = ae.DenoisingAE(4).eval()
+    model.decoder.append(torch.nn.BatchNorm2d(1))  # a decoder BatchNorm, which encoding never runs,
+    model.decoder[-1].running_var.fill_(3.0)      # must keep its statistics
+    weights = {k: v.clone() for k, v in model.state_dict().items()
+               if not (k.startswith("encoder") and ("running" in k or "num_batches" in k))}
+    batches = [torch.randn(50, 1, 28, 28) * s for s in (0.5, 1.0, 2.0)]  # three different scales
+    evaluate.adapt_batchnorm(model, batches)
+    # Oracle: the first BatchNorm sees the first convolution's output; numpy averages its per-batch
+    # channel means and (unbiased) variances.
+    conv, norm = model.encoder[0][0], model.encoder[0][1]
+    with torch.no_grad():
+        feats = [conv(x).permute(1, 0, 2, 3).reshape(6, -1).double().numpy() for x in batches]
+    np.testing.assert_allclose(norm.running_mean.numpy(), np.mean([f.mean(1) for f in feats], 0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(norm.running_var.numpy(), np.mean([f.var(1, ddof=1) for f in feats], 0), rtol=1e-4)
+    # Every BatchNorm moved away from its initial (0, 1); nothing else changed; mode and momentum are back.
+    for m in model.encoder.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            assert not torch.allclose(m.running_var, torch.ones_like(m.running_var)) and m.momentum == 0.1
+    for k, v in model.state_dict().items():
+        if k in weights:
+            assert torch.equal(v, weights[k]), k
+    assert torch.all(model.decoder[-1].running_var == 3.0)
+    assert not model.training

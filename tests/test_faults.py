@@ -16,6 +16,7 @@ import time
 import pytest
 import torch
 
+import ae
 import evaluate
 import train
 from conftest import REPO, assert_clean_error, call_main, run_script
@@ -159,7 +160,7 @@ ae.bae_loss = bae_loss""", tmp_path)
     assert_clean_error(proc, "became nan at epoch 2, step 3", "resume.pt", code=1)
     assert not (out / "model.pt").exists()
     state = torch.load(out / "resume.pt", weights_only=True)
-    assert state["epoch"] == 1 and state["step"] == 0  # the end of epoch 1, the last good state
+    assert state["epoch"] == 1  # the end of epoch 1, the last good state
     assert all(torch.isfinite(t).all() for t in state["model"].values())
 
 
@@ -218,16 +219,17 @@ def test_ctrl_c_saves_and_resume_matches_an_uninterrupted_run(tmp_path, mnist_di
     child = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), *common, "--out", str(out)],
                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    for line in child.stdout:  # wait until epoch 1 is done, then press Ctrl-C during epoch 2
+    for line in child.stdout:  # wait until epoch 1 is done and saved, then press Ctrl-C during epoch 2
         if line.startswith("epoch   1/3"):
             break
-    time.sleep(1.0)  # past the end-of-epoch save, into epoch 2 (an epoch takes several seconds)
+    time.sleep(1.0)  # into epoch 2 (an epoch takes several seconds)
     child.send_signal(signal.SIGINT)
     stdout, stderr = child.communicate(timeout=300)
     assert child.returncode == 130, stderr
     assert "Traceback" not in stderr and "--resume" in stderr
+    assert "epoch   2/3" not in stdout  # it was stopped in the middle of epoch 2
     state = torch.load(out / "resume.pt", weights_only=True)
-    assert state["epoch"] == 1 and 0 < state["step"] < 60  # saved in the middle of epoch 2
+    assert state["epoch"] == 1  # the last finished epoch
     assert not (out / "model.pt").exists()
 
     proc = run_script("train.py", *common, "--resume", "--out", out, cwd=tmp_path)
@@ -253,7 +255,13 @@ def bae_loss(model, x):
 ae.bae_loss = bae_loss""", tmp_path)
     proc = run("--model", "bae", *TINY, "--data-dir", mnist_dir, "--out", out)
     assert proc.returncode == 130, proc.stderr
-    assert (out / "resume.pt").exists()
+    assert "Traceback" not in proc.stderr and "--resume" in proc.stderr
+    # Ctrl-C at the very first step leaves the state of the start: the seed's initial weights,
+    # which are also what evaluate.py rebuilds for its "untrained" baseline
+    state = torch.load(out / "resume.pt", weights_only=True)
+    assert state["epoch"] == 0
+    initial = evaluate.untrained_model(ae.BottleneckAE, state["config"]).state_dict()
+    assert all(torch.equal(initial[k], v) for k, v in state["model"].items())
     proc = call_main(train.main, ["--model", "bae", "--resume", "--lr", "0.5", "--data-dir", mnist_dir, "--out", out],
                      capsys)
     assert_clean_error(proc, "drop --lr")

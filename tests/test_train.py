@@ -1,0 +1,96 @@
+"""The pieces of train.py against exact expectations, in this process and on tiny synthetic data:
+the settings from the command line, the learning-rate schedule the optimizer really gets, the
+per-epoch loss bookkeeping, and the test loss leaving the model and the generators as they were."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import ae
+import train
+
+
+def config_of(*argv):
+    return train.make_config(train.get_parser().parse_args(["--model", *argv]))
+
+
+def test_every_flag_reaches_the_config_even_when_zero():
+    config = config_of("dae", "--dataset", "mnist", "--epochs", "7", "--batch-size", "33", "--lr", "0.25",
+                       "--n-components", "4", "--noise-std", "0", "--seed", "0", "--train-size", "123")
+    assert config == {"model": "dae", "dataset": "mnist", "epochs": 7, "batch_size": 33, "lr": 0.25,
+                      "n_components": 4, "noise_std": 0.0, "seed": 0, "train_size": 123}
+    assert config_of("dae", "--seed", "-1")["seed"] == -1
+    assert config_of("vae") == {"model": "vae", "dataset": "variance", "epochs": 3, "batch_size": 128, "lr": 4e-3,
+                                "n_components": 10, "noise_std": 0.2, "seed": 0, "train_size": 60000}
+    assert config_of("bae", "--long")["epochs"] == 20 and config_of("bae", "--long", "--epochs", "2")["epochs"] == 2
+    assert config_of("bae")["dataset"] == "mnist" and config_of("dae")["dataset"] == "variance"
+
+
+def tiny_images(n, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 1, 28, 28), generator=gen, dtype=torch.uint8)
+
+
+def test_the_optimizer_gets_warm_up_then_cosine(tmp_path, monkeypatch):
+    # Oracle: the schedule written out in numpy, for every step of a 3-epoch run, recorded at each
+    # optimizer step (so a schedule restarted every epoch, or stepped once an epoch, fails).
+    seen = []
+    step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    config = {**train.SHARED_DEFAULTS, "model": "bae", "dataset": "mnist", "epochs": 3, "batch_size": 10, "lr": 0.5}
+    torch.manual_seed(0)
+    train.train(ae.BottleneckAE(3), config, tiny_images(1005), tiny_images(20, 1), str(tmp_path))
+    total = 3 * 100  # 100 full batches of 10 an epoch; the 5 images left over are skipped
+    warmup = 6  # total // 50
+    s = np.arange(total)
+    expected = np.where(s < warmup, 0.5 * (s + 1) / warmup,
+                        0.5 * 0.5 * (1 + np.cos(np.pi * (s - warmup) / (total - warmup))))
+    assert len(seen) == total
+    np.testing.assert_allclose(seen, expected, rtol=1e-12)
+    assert seen[warmup - 1] == seen[warmup] == 0.5 and seen[-1] < 1e-4
+
+
+def test_each_epochs_loss_is_the_mean_over_its_steps(tmp_path, monkeypatch):
+    # A loss that is 1, 2, 3, ... at successive training steps and 7 on the test set: the history
+    # must hold each epoch's mean of its own steps, and 7.
+    calls = []
+
+    def fake_loss(model, x):
+        value = 7.0 if not model.training else float(len(calls) + 1)
+        if model.training:
+            calls.append(value)
+        return (model(x) * 0).sum() + value
+
+    monkeypatch.setattr(train, "loss_function", lambda config: fake_loss)
+    config = {**train.SHARED_DEFAULTS, "model": "bae", "dataset": "mnist", "epochs": 2, "batch_size": 10, "lr": 1e-3}
+    history = train.train(ae.BottleneckAE(3), config, tiny_images(45), tiny_images(30, 1), str(tmp_path))
+    assert calls == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]  # 4 steps an epoch
+    assert history["loss_history"] == [2.5, 6.5]
+    assert history["test_loss_history"] == [7.0, 7.0]
+    assert history["train_seconds"] > 0
+    assert history["samples_per_second"] == pytest.approx(2 * 4 * 10 / history["train_seconds"])
+
+
+@pytest.mark.parametrize("name", ["bae", "dae", "vae"])
+def test_test_loss_changes_neither_the_model_nor_the_generators(name):
+    torch.manual_seed(0)
+    model = ae.MODELS[name](4)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}  # BatchNorm statistics included
+    rng = torch.get_rng_state()
+    config = {**train.SHARED_DEFAULTS, "model": name}
+    dataset = "mnist" if name == "bae" else "variance"
+    first = train.test_loss(model, train.loss_function(config), tiny_images(50), dataset, 8)
+    assert math.isfinite(first)
+    assert model.training
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)
+    # and it is one fixed draw: measured twice, the same number
+    assert train.test_loss(model, train.loss_function(config), tiny_images(50), dataset, 8) == first
