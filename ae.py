@@ -206,7 +206,8 @@ def kl_to_standard_normal(mu, logvar):
 
 
 def gaussian_nll(x, mu, logvar):
-    # -log N(x | mu, sigma^2) without its constant (D/2) log(2 pi), summed over the D = 784 pixels:
+    # -log N(x | mu, sigma^2) without its constant (D/2) log(2 pi), summed over the D dimensions of
+    # each item of the batch (the 784 pixels of an image, or the K numbers of a code):
     #     1/2 * sum_i (log sigma_i^2 + (x_i - mu_i)^2 / sigma_i^2)
     # (the constant does not move the optimum; with it, add 784/2 * log(2 pi) ~ 720.4 nats)
     return 0.5 * (logvar + (x - mu).pow(2) * torch.exp(-logvar)).flatten(1).sum(dim=1)  # (B,)
@@ -243,6 +244,7 @@ def importance_sampled_nll(model, x, n_samples, generator=None):
     encode_dist(x) -> (mu_z, logvar_z) and decode(z) -> (mu_x, logvar_x). The noise comes from
     `generator` (a CPU torch.Generator; None: the global one) and is moved to x's device.
     """
+    assert not model.training, "importance_sampled_nll needs model.eval(): BatchNorm must use its running statistics"
     mu_z, logvar_z = model.encode_dist(x)  # two (B, K)
     log_w = []
     for _ in range(n_samples):
@@ -252,7 +254,8 @@ def importance_sampled_nll(model, x, n_samples, generator=None):
         # log w = log p(x | z) + log p(z) - log q(z | x); gaussian_nll drops the same constant
         # (K/2) log(2 pi) from log p(z) and log q(z | x), so it cancels in their difference.
         log_p_x_given_z = -gaussian_nll(x, mu_x, logvar_x)
-        log_p_z_over_q = gaussian_nll(z, mu_z, logvar_z) - gaussian_nll(z, torch.zeros_like(z), torch.zeros_like(z))
+        zeros = torch.zeros_like(z)  # N(0, I): mean 0, log-variance 0
+        log_p_z_over_q = gaussian_nll(z, mu_z, logvar_z) - gaussian_nll(z, zeros, zeros)
         log_w.append(log_p_x_given_z + log_p_z_over_q)  # (B,)
     log_w = torch.stack(log_w)  # (S, B)
     log_p_x = torch.logsumexp(log_w, dim=0) - math.log(n_samples)  # log of the mean of w, stably

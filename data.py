@@ -2,14 +2,15 @@
 
     python data.py --data-dir data      # check the files and print a few statistics
 
-varianceMNIST (from the seed of this project): every pixel is its MNIST intensity s in [0, 1] times
-fresh standard normal noise, x = s * e, e ~ N(0, 1), drawn anew every time the image is read. The
-mean image is 0 everywhere; the digit lives only in the variances, Var[x] = s^2. The data set is
-infinite (new noise every read) but holds only as many shapes as MNIST has digits.
+varianceMNIST (from the original implementation this project grew from): every pixel is its MNIST
+intensity s in [0, 1] times fresh standard normal noise, x = s * e, e ~ N(0, 1), drawn anew every
+time the image is read. The mean image is 0 everywhere; the digit lives only in the variances,
+Var[x] = s^2. The data set is infinite (new noise every read) but holds only as many shapes as MNIST
+has digits.
 
 Two ways to get the same distribution:
 - `variance_mnist_dataset`, a torchvision Dataset with a `transforms.Lambda` that multiplies by noise, one
-  image at a time; the way the seed did it, and the way to plug varianceMNIST into a DataLoader;
+  image at a time; the way the original implementation did it, and the way to plug varianceMNIST into a DataLoader;
 - `load_mnist` + `variance_batch`, which the training loop uses: the whole split as one uint8
   tensor on the training device, and noise drawn for a whole batch at once. Both draw x = s * e with
   e a fresh N(0, 1) for every pixel of every read, so both give the same distribution; the second is
@@ -53,13 +54,13 @@ def load_mnist(root, train, device="cpu"):
 
     Kept as uint8 (47 MB for the training split) and turned into floats one batch at a time.
     """
-    ds = mnist(root, train)
+    ds = mnist(root, train)  # torchvision's dataset, its files checked first (below the line)
     images = ds.data.unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
     return images.to(device), ds.targets.to(device)
 
 
 def variance_mnist_dataset(root, train=True):
-    """varianceMNIST as a torchvision Dataset, one image at a time (the seed's form).
+    """varianceMNIST as a torchvision Dataset, one image at a time (the original implementation's form).
 
     `transforms.ToTensor()` turns the PIL image into intensities s in [0, 1], shape (1, 28, 28);
     the Lambda multiplies them by noise drawn anew at every read, so reading the same index twice

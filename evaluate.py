@@ -19,7 +19,8 @@ Writes beside the checkpoint, so evaluating a saved model again reproduces its f
     samples.pgm/.png, traversal.pgm/.png (VAE)   samples of the prior; each code dimension swept
 
 Read it in this order: the probe, PCA, the codes (and adapt_batchnorm for the DAE), the baselines,
-the quality numbers, the pictures, and evaluate_checkpoint, which runs them all. Below the marked
+the quality numbers, the pictures, and evaluate_checkpoint, which runs them all (the scatter plot of
+the PCA is drawn below the line). Below the marked
 line: files (atomic writes, checkpoints, image formats) and the command line. Everything but
 evaluate_checkpoint and main (which rebuild the model with ae.py and read MNIST with data.py) needs
 only torch, torchvision and numpy, so the probe, the PCA and the pictures can be copied out alone.
@@ -40,7 +41,9 @@ from torchvision.utils import make_grid, save_image
 
 # Evaluation noise comes from CPU generators with these seeds, one per use, so every device sees
 # the same numbers and the training and test images never share a noise field.
-SEEDS = {"train": 2024, "test": 2025, "model": 2026, "likelihood": 2027}  # model: DAE corruption, VAE samples
+# "model": the DAE's corruption, the VAE's samples and the pictures' noise; "likelihood": the samples
+# of z for the importance-sampled -log p(x).
+SEEDS = {"train": 2024, "test": 2025, "model": 2026, "likelihood": 2027}
 
 
 # -------------------------------------------------------------------------------------------------
@@ -165,8 +168,8 @@ def adapt_batchnorm(model, batches):
 
 
 def encoder_for_codes(model, train_images, dataset, device):
-    """The model whose encode() gives the codes we probe: the model itself, or for an encoder with
-    BatchNorm that was not trained on clean images (the DAE, an untrained one), an adapted copy."""
+    """A copy of `model` with its encoder's BatchNorm statistics estimated on 10000 clean training
+    inputs: for an encoder that was not trained on them (the DAE's, an untrained one)."""
     copied = copy.deepcopy(model)
     batches = (x for _, x in fixed_inputs(train_images[:10000], dataset, device, SEEDS["train"]))
     return adapt_batchnorm(copied, batches)
@@ -248,11 +251,10 @@ def oracle_nll(s, min_logvar):
 
 
 @torch.no_grad()
-def vae_quality(model, config, test_images, device, randn_like, is_images, is_samples):
+def vae_quality(model, config, test_images, device, randn_like, is_images, is_samples, ae):
     # Negative ELBO per test image (nats, without the 784/2 log 2pi constant), one fixed sample of
-    # z per image, beside the true model's expected negative log-likelihood (oracle_nll).
-    import ae
-
+    # z per image, beside the true model's expected negative log-likelihood (oracle_nll). `ae` is
+    # the module ae.py, passed in so that this file imports nothing of the project at the top.
     kl = nll = oracle = 0.0
     for s, x in fixed_inputs(test_images, config["dataset"], device, SEEDS["test"]):
         mu_z, logvar_z = model.encode_dist(x)
@@ -268,15 +270,15 @@ def vae_quality(model, config, test_images, device, randn_like, is_images, is_sa
     # The two gaps, on the first `is_images` test images: -ELBO >= -log p(x) (the bound's slack,
     # from q(z | x) not being the true posterior) >= the true model's NLL (what the model misses).
     gen = torch.Generator().manual_seed(SEEDS["likelihood"])
-    neg_log_p = neg_elbo = oracle = 0.0
+    neg_log_p = neg_elbo = subset_oracle = 0.0
     for s, x in fixed_inputs(test_images[:is_images], config["dataset"], device, SEEDS["test"], chunk=100):
         nlp, nelbo = ae.importance_sampled_nll(model, x, is_samples, generator=gen)
         neg_log_p, neg_elbo = neg_log_p + nlp.sum().item(), neg_elbo + nelbo.sum().item()
-        oracle += oracle_nll(s, model.min_logvar.item()).sum().item()
+        subset_oracle += oracle_nll(s, model.min_logvar.item()).sum().item()
     m = min(is_images, n)
     metrics.update(subset_size=m, is_samples=is_samples, subset_neg_elbo=neg_elbo / m, test_nll_is=neg_log_p / m)
     if config["dataset"] == "variance":
-        metrics["subset_oracle_nll"] = oracle / m
+        metrics["subset_oracle_nll"] = subset_oracle / m
     return metrics
 
 
@@ -324,8 +326,8 @@ def recon_rows(model, config, s, x, randn_like):
 def decoded_shape(model, config, z):
     # What the decoder says about the digit's shape, for a code z (B, K): the BAE's image, the
     # DAE's mask, the VAE's predictive standard deviation (its mean is about 0 on varianceMNIST).
-    if config["model"] == "bae":
-        return to_unit(model.decoder(z))
+    if config["model"] == "bae":  # on varianceMNIST (the control) its output is signed, like its input
+        return to_unit(model.decoder(z), signed=config["dataset"] == "variance")
     if config["model"] == "dae":
         return to_unit(torch.sigmoid(model.decoder(z)))
     return to_unit(torch.exp(0.5 * model.decode(z)[1]))
@@ -372,42 +374,14 @@ def sample_rows(model, config, device, gen, randn_like, n=50):
     return rows
 
 
-# Ten colours that stay apart (matplotlib's "tab10"), one per digit.
-PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
-                    [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]], np.uint8)
-
-
-def scatter_image(points, labels, size=480, key_width=60):
-    """A colour scatter plot (H, W, 3) uint8 of 2-D points (N, 2), a 3x3 dot in PALETTE[label] each.
-
-    Each axis is scaled to its range: the dot of (px, py) has its top-left pixel at column
-    8 + (px - min) / (max - min) * (size - 18) and row size - 10 - (py - min) / (max - min) * (size - 18),
-    both truncated. A key on the right shows each digit beside its colour.
-    """
-    points, labels = np.asarray(points, np.float64), np.asarray(labels)
-    img = np.full((size, size + key_width, 3), 255, np.uint8)
-    lo, hi = points.min(0), points.max(0)
-    xy = (points - lo) / np.where(hi > lo, hi - lo, 1)  # each axis to [0, 1]
-    col = (8 + xy[:, 0] * (size - 18)).astype(int)
-    row = (size - 10 - xy[:, 1] * (size - 18)).astype(int)  # y grows upwards, rows downwards
-    order = np.random.default_rng(0).permutation(len(points))  # no class always drawn on top
-    for dy in (0, 1, 2):
-        for dx in (0, 1, 2):
-            img[row[order] + dy, col[order] + dx] = PALETTE[labels[order]]
-    picture = Image.fromarray(img)
-    draw = ImageDraw.Draw(picture)
-    for digit in range(10):  # the key: a colour swatch and the digit
-        top, left = 20 + digit * 40, size + 8
-        draw.rectangle([left, top, left + 14, top + 14], fill=tuple(int(c) for c in PALETTE[digit]))
-        draw.text((left + 22, top), str(digit), fill=(0, 0, 0))
-    return np.asarray(picture)
-
-
 # -------------------------------------------------------------------------------------------------
 # Evaluating a checkpoint of train.py: everything above, in order.
 
 
-def evaluate_checkpoint(path, data_dir, device="cpu", is_images=500, is_samples=100):
+IS_IMAGES, IS_SAMPLES = 500, 100  # the VAE's -log p(x): test images and samples of z per image
+
+
+def evaluate_checkpoint(path, data_dir, device="cpu", is_images=IS_IMAGES, is_samples=IS_SAMPLES):
     """Everything listed in the module docstring, written beside `path`; returns the metrics."""
     import ae  # only the command needs the model and data code of this project
     import data
@@ -450,8 +424,9 @@ def evaluate_checkpoint(path, data_dir, device="cpu", is_images=500, is_samples=
                                     codes_of(untrained, test_images, dataset, device, SEEDS["test"]), test_labels)}
 
     # 3. The PCA of the test codes to 2-D, saved as points and as a picture.
-    mean, comps = pca(codes_test, 2)
+    mean, comps = pca(codes_test, min(2, codes_test.shape[1]))
     pca_test = ((codes_test.double() - mean) @ comps.T).numpy()  # (N, K) -> (N, 2)
+    pca_test = np.pad(pca_test, ((0, 0), (0, 2 - pca_test.shape[1])))  # K = 1: the second axis is 0
     arrays = {"codes_train": codes_train.numpy(), "codes_test": codes_test.numpy(),
               "labels_train": train_labels.numpy(), "labels_test": test_labels.numpy(), "pca_test": pca_test}
     for name, array in arrays.items():
@@ -465,7 +440,7 @@ def evaluate_checkpoint(path, data_dir, device="cpu", is_images=500, is_samples=
     elif config["model"] == "dae":
         metrics.update(dae_quality(model, config, test_images, device, randn_like))
     else:
-        metrics.update(vae_quality(model, config, test_images, device, randn_like, is_images, is_samples))
+        metrics.update(vae_quality(model, config, test_images, device, randn_like, is_images, is_samples, ae))
 
     # 5. Pictures of the first test image of each digit 0-9, one per column.
     show = torch.stack([torch.nonzero(test_labels == d)[0, 0] for d in range(10)])
@@ -498,8 +473,8 @@ def print_summary(metrics):
 
 # =================================================================================================
 # The machinery. A first reading may stop here: what follows saves files without ever leaving half
-# of one, loads checkpoints with one-line errors, caches the input baselines, writes the picture
-# formats, and gives this file its command.
+# of one, loads checkpoints with one-line errors, caches the input baselines, draws the scatter plot,
+# writes the picture formats, and gives this file its command.
 # =================================================================================================
 
 # What evaluate_checkpoint writes beside model.pt (train.py removes them when it replaces model.pt).
@@ -566,17 +541,23 @@ def load_model(path, models):
     return model, config, ckpt.get("history", {})
 
 
+BASELINES_VERSION = 1
+
+
 def cached_input_baselines(data_dir, train_images, train_labels, test_images, test_labels, dataset, k):
     # The input baselines depend only on the data, the evaluation's fixed noise and K, not on the
     # model, and the two 784-pixel probes take minutes on a small CPU: so they are computed once per
     # setting and kept in <data_dir>/MNIST/probe-baselines.json (delete it to recompute).
     path = os.path.join(data_dir, "MNIST", "probe-baselines.json")
-    key = (f"{dataset} train={train_images.shape[0]} test={test_images.shape[0]} K={k} seeds={SEEDS['train']},"
-           f"{SEEDS['test']} probe={fit_probe.__defaults__} torch={torch.__version__}")
+    # Everything the numbers depend on is in the key; change BASELINES_VERSION with the code above.
+    key = (f"v{BASELINES_VERSION} {dataset} train={train_images.shape[0]} test={test_images.shape[0]} K={k} "
+           f"seeds={SEEDS['train']},{SEEDS['test']} probe={fit_probe.__defaults__} torch={torch.__version__}")
     try:
         with open(path) as f:
             cache = json.load(f)
     except (OSError, ValueError):
+        cache = {}
+    if not isinstance(cache, dict):
         cache = {}
     if key not in cache:
         def inputs(images, seed):
@@ -588,6 +569,37 @@ def cached_input_baselines(data_dir, train_images, train_labels, test_images, te
         except OSError:
             pass  # a read-only data folder: recompute next time
     return cache[key]
+
+
+# Ten colours that stay apart (matplotlib's "tab10"), one per digit.
+PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
+                    [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]], np.uint8)
+
+
+def scatter_image(points, labels, size=480, key_width=60):
+    """A colour scatter plot (H, W, 3) uint8 of 2-D points (N, 2), a 3x3 dot in PALETTE[label] each.
+
+    Each axis is scaled to its range: the dot of (px, py) has its top-left pixel at column
+    8 + (px - min) / (max - min) * (size - 18) and row size - 10 - (py - min) / (max - min) * (size - 18),
+    both truncated. A key on the right shows each digit beside its colour.
+    """
+    points, labels = np.asarray(points, np.float64), np.asarray(labels)
+    img = np.full((size, size + key_width, 3), 255, np.uint8)
+    lo, hi = points.min(0), points.max(0)
+    xy = (points - lo) / np.where(hi > lo, hi - lo, 1)  # each axis to [0, 1]
+    col = (8 + xy[:, 0] * (size - 18)).astype(int)
+    row = (size - 10 - xy[:, 1] * (size - 18)).astype(int)  # y grows upwards, rows downwards
+    order = np.random.default_rng(0).permutation(len(points))  # no class always drawn on top
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            img[row[order] + dy, col[order] + dx] = PALETTE[labels[order]]
+    picture = Image.fromarray(img)
+    draw = ImageDraw.Draw(picture)
+    for digit in range(10):  # the key: a colour swatch and the digit
+        top, left = 20 + digit * 40, size + 8
+        draw.rectangle([left, top, left + 14, top + 14], fill=tuple(int(c) for c in PALETTE[digit]))
+        draw.text((left + 22, top), str(digit), fill=(0, 0, 0))
+    return np.array(picture)  # a writable copy
 
 
 def encode_pnm(image):
@@ -623,11 +635,12 @@ def main(argv=None):
                    help="folder holding MNIST/raw (default: data/ beside this file)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where to compute; auto picks cuda, then mps, then cpu (default: auto)")
-    p.add_argument("--is-images", type=int, default=500,
+    p.add_argument("--is-images", type=int, default=IS_IMAGES,
                    help="VAE: how many test images (the first ones) the importance-sampled -log p(x) "
-                        "is estimated on (default: 500)")
-    p.add_argument("--is-samples", type=int, default=100,
-                   help="VAE: samples of z per image for that estimate; more is tighter and slower (default: 100)")
+                        f"is estimated on (default: {IS_IMAGES})")
+    p.add_argument("--is-samples", type=int, default=IS_SAMPLES,
+                   help=f"VAE: samples of z per image for that estimate; more is tighter and slower "
+                        f"(default: {IS_SAMPLES})")
     args = p.parse_args(argv)
     if args.is_images < 1 or args.is_samples < 1:
         p.error("--is-images and --is-samples must be positive")
@@ -644,6 +657,9 @@ def main(argv=None):
         return 2
     try:
         evaluate_checkpoint(args.checkpoint, args.data_dir, device, args.is_images, args.is_samples)
+    except KeyboardInterrupt:
+        print("interrupted: the files written so far are whole; run it again to redo them all", file=sys.stderr)
+        return 130
     except (CheckpointError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

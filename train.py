@@ -39,8 +39,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # is in docs/experiments.md; in short:
 #   batch_size 128: larger batches ran faster per image but gave fewer updates per epoch, which cost
 #     more accuracy than the speed bought back;
-#   lr: Adam's step size at the peak of the schedule (warmup_cosine), the best of several peaks
-#     compared over many seeds (one run's probe accuracy moves noticeably with its seed);
+#   lr: Adam's step size at the peak of the schedule (warmup_cosine), within the seeds' spread of
+#     the best of several peaks compared over many seeds (one run moves noticeably with its seed);
 #   epochs 3: what the time goal (a fifth of the original implementation's training time) allows.
 DEFAULTS = {
     "bae": dict(dataset="mnist", epochs=3, long_epochs=20, batch_size=128, lr=2e-3),
@@ -95,7 +95,8 @@ def train(model, config, train_images, test_images, out, checkpoint=None):
 
     model.train()
     for epoch in range(start, config["epochs"]):
-        batches = torch.randperm(n).to(device)[: steps * bs].view(steps, bs)  # (steps, B) image indices
+        # the order is drawn on the CPU, so it is the same on every device: (steps, B) image indices
+        batches = torch.randperm(n).to(device)[: steps * bs].view(steps, bs)
         losses = torch.zeros(steps, device=device)
         t0 = time.perf_counter()
         for step in range(steps):
@@ -161,7 +162,12 @@ def run(args):
     print(f"trained in {history['train_seconds']:.1f} s ({history['samples_per_second']:.0f} img/s); "
           f"saved {os.path.join(out, 'model.pt')}", flush=True)
     if not args.no_eval:
-        evaluate.evaluate_checkpoint(os.path.join(out, "model.pt"), args.data_dir, device)
+        try:
+            evaluate.evaluate_checkpoint(os.path.join(out, "model.pt"), args.data_dir, device)
+        except KeyboardInterrupt:
+            print(f"interrupted during the evaluation; model.pt is saved: python evaluate.py "
+                  f"{os.path.join(out, 'model.pt')} evaluates it", file=sys.stderr)
+            return 130
     return 0
 
 
@@ -220,12 +226,15 @@ def get_parser():
                         f"with --long: {per_model('long_epochs')})")
     p.add_argument("--long", action="store_true",
                    help="the longer run behind the README's pictures (more epochs, same everything else)")
-    p.add_argument("--batch-size", type=positive(int), help="images per step (default: 128)")
+    p.add_argument("--batch-size", type=positive(int), help=f"images per step (default: {per_model('batch_size')})")
     p.add_argument("--lr", type=positive(float), help=f"peak Adam learning rate (default: {per_model('lr')})")
-    p.add_argument("--n-components", type=positive(int), help="K, the size of the code (default: 10)")
+    p.add_argument("--n-components", type=positive(int),
+                   help=f"K, the size of the code (default: {SHARED_DEFAULTS['n_components']})")
     p.add_argument("--noise-std", type=non_negative_float,
-                   help="std of the DAE's Gaussian corruption, in pixel units (default: 0.2)")
-    p.add_argument("--seed", type=int, help="seed of every random draw in training (default: 0)")
+                   help=f"std of the DAE's Gaussian corruption, in pixel units "
+                        f"(default: {SHARED_DEFAULTS['noise_std']})")
+    p.add_argument("--seed", type=int,
+                   help=f"seed of every random draw in training (default: {SHARED_DEFAULTS['seed']})")
     p.add_argument("--train-size", type=train_size,
                    help="use only the first N training images, for training and for fitting the probe "
                         "(default: all 60000)")
@@ -376,10 +385,14 @@ def save_training_state(out, model, optimizer, schedule, config, history, epoch)
 
 
 def restore_training_state(checkpoint, model, optimizer, schedule):
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    schedule.load_state_dict(checkpoint["schedule"])
-    set_rng_state(checkpoint["rng"], next(model.parameters()).device)
+    try:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["schedule"])
+        set_rng_state(checkpoint["rng"], next(model.parameters()).device)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"resume.pt does not fit this model and optimizer ({str(e).splitlines()[0][:120]}); "
+                        f"start over with --force") from None
     return checkpoint["history"], checkpoint["epoch"]
 
 
@@ -409,7 +422,7 @@ def stop_if_not_finite(losses, epoch, out):
         step = bad[0, 0].item()
         raise TrainingStopped(f"the training loss became {losses[step].item()} at epoch {epoch + 1}, step "
                               f"{step + 1}; the last good training state is in {os.path.join(out, 'resume.pt')}. "
-                              f"Try a smaller --lr.")
+                              f"Start over with --force and a smaller --lr.")
 
 
 def interrupted(out, config):

@@ -12,7 +12,10 @@ measured in the same run. The table goes to stdout and, as JSON, to --json.
 
 One run is one draw: the DAE's and VAE's probe accuracies move by up to two points from one seed
 to the next. With --seeds, every run is repeated with each seed (train.py --seed) and the table ends
-with each run's mean and standard deviation over the seeds.
+with each run's mean and standard deviation over the seeds, and for each default run the verdict
+on the time goal: the mean probe accuracy at least the original recipe's mean over its five re-runs
+(docs/reference-recipe.json; the published run for the BAE), in at most a fifth of the original's
+training time. The goal is stated for seeds 0-4: --seeds 0,1,2,3,4.
 """
 
 import argparse
@@ -32,9 +35,25 @@ sys.path.insert(0, REPO)
 import ae  # noqa: E402
 import train  # noqa: E402
 
-# The original implementation (see ../shared/seed.md): its probe accuracy, and its training time
-# on a 2-core machine like ours; the goal is its accuracy in a fifth of its time.
+# The original implementation: its published probe accuracy (one run each), and its training time
+# on a 2-core machine like ours. Its DAE and VAE recipe was re-run five times on such a machine
+# (docs/reference-recipe.json): the time goal is the recipe's mean accuracy, averaged over seeds, in
+# a fifth of the original's training time. The BAE was not re-run; its mark is the published run.
 REFERENCE = {"bae": (0.8982, 170.0), "dae": (0.8915, 475.0), "vae": (0.8872, 750.0)}
+with open(os.path.join(REPO, "docs", "reference-recipe.json")) as f:
+    RECIPE = {k: v for k, v in json.load(f).items() if k in REFERENCE}  # dae, vae: mean_probe, sd_probe, runs
+
+
+def verdict(model, probe_mean, seconds_mean):
+    """Whether the mean over seeds meets the time goal, in words."""
+    target = RECIPE[model]["mean_probe"] if model in RECIPE else REFERENCE[model][0]
+    goal = REFERENCE[model][1] / 5
+    missed = []
+    if probe_mean < target:
+        missed.append(f"accuracy {100 * (target - probe_mean):.2f} points short of {target:.2%}")
+    if seconds_mean > goal:
+        missed.append(f"time {seconds_mean - goal:.1f} s over {goal:.0f} s")
+    return "goal met" if not missed else "goal missed: " + ", ".join(missed)
 
 
 def matmul_flops(device, n=2048, repeats=20):
@@ -146,7 +165,9 @@ def main():
             "model": model, "data": dataset, "preset": preset, "seed": seed, "epochs": m["config"]["epochs"],
             "batch_size": m["config"]["batch_size"], "probe_test_accuracy": m["probe_test_accuracy"],
             "probe_test_accuracy_unadapted": m.get("probe_test_accuracy_unadapted"),  # DAE only
-            "reference_accuracy": ref_acc, "quality_name": quality[0], "quality": quality[1],
+            "baselines": m.get("baselines"),  # the same probe on pixels, their squares, PCA, the untrained encoder
+            **{k: m[k] for k in ("test_neg_elbo", "subset_neg_elbo", "test_nll_is", "subset_oracle_nll") if k in m},
+            "reference_accuracy": ref_acc, "recipe_accuracy": RECIPE.get(model, {}).get("mean_probe"), "quality_name": quality[0], "quality": quality[1],
             "train_seconds": m["train_seconds"], "goal_seconds": ref_seconds / 5,
             "images_per_second": m["samples_per_second"], "train_gflop_per_image": flops / 1e9,
             "fraction_of_peak": m["samples_per_second"] * flops / peak, "device": m["device"],
@@ -169,10 +190,14 @@ def main():
                  "probe_mean": statistics.mean(acc), "probe_std": statistics.stdev(acc),
                  "train_seconds_mean": statistics.mean(secs), "train_seconds_std": statistics.stdev(secs),
                  "reference_accuracy": group[0]["reference_accuracy"], "goal_seconds": group[0]["goal_seconds"]}
+            if key[1] == ("mnist" if key[0] == "bae" else "variance") and key[2] == "default":  # not the control
+                x["recipe_mean"] = RECIPE.get(key[0], {}).get("mean_probe")
+                x["verdict"] = verdict(key[0], x["probe_mean"], x["train_seconds_mean"])
             summary.append(x)
-            print(f"{x['model']:5} {x['data']:8} {x['preset']:7} probe {x['probe_mean']:6.2%} ({x['probe_std']:.2%})  ref "
-                  f"{x['reference_accuracy']:6.2%}   train s {x['train_seconds_mean']:6.1f} ({x['train_seconds_std']:.1f})"
-                  f"  goal {x['goal_seconds']:.0f}")
+            recipe = f", recipe {x['recipe_mean']:.2%}" if x.get("recipe_mean") else ""
+            print(f"{x['model']:5} {x['data']:8} {x['preset']:7} probe {x['probe_mean']:6.2%} ({x['probe_std']:.2%})  "
+                  f"published {x['reference_accuracy']:6.2%}{recipe}   train s {x['train_seconds_mean']:6.1f} "
+                  f"({x['train_seconds_std']:.1f})  goal {x['goal_seconds']:.0f}  {x.get('verdict', '')}")
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}",
               "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "matmul_gflops": peak / 1e9, "rows": rows, "over_seeds": summary}

@@ -194,7 +194,7 @@ def test_importance_sampled_nll_on_a_linear_gaussian_model():
     # shrinks the mean and widens the variance, so that one sample is far from enough.
     sigma = torch.linalg.inv(torch.eye(K, dtype=torch.float64) + W.T @ W / s2)
     A = 0.7 * sigma @ W.T / s2
-    model = LinearGaussian(W, b, s2, A, -A @ b, torch.log(torch.diagonal(sigma)) + 0.7)
+    model = LinearGaussian(W, b, s2, A, -A @ b, torch.log(torch.diagonal(sigma)) + 0.7).eval()
     x = torch.randn(n, K, dtype=torch.float64) @ W.T + b + math.sqrt(s2) * torch.randn(n, D, dtype=torch.float64)
     # Oracle 1, log p(x) in closed form: x ~ N(b, W W^T + s^2 I); without the (D/2) log 2pi constant
     true_nll = -(torch.distributions.MultivariateNormal(b, W @ W.T + s2 * torch.eye(D, dtype=torch.float64))

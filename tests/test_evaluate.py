@@ -76,15 +76,15 @@ def test_probe_standardises_with_the_training_statistics():
 
 
 def test_input_baselines_see_the_digit_only_in_the_squares():
-    # A small varianceMNIST-like problem: class c puts all its variance in pixels 10c..10c+9, the
-    # mean is 0 everywhere. A linear readout of x can only catch the draws whose block happens to
-    # point along its weights (about half); of x^2 it is nearly perfect. A 10-dim PCA fitted on the
-    # training inputs, projected as in numpy, gives what the function says.
+    # A small varianceMNIST-like problem: class c has standard deviation 1 in pixels 10c..10c+9 and
+    # 0.5 elsewhere, the mean is 0 everywhere. A linear readout of x is near chance; of x^2 it is
+    # good. A 10-dim PCA fitted on the training inputs, projected as in numpy, gives what the
+    # function says.
     gen = torch.Generator().manual_seed(4)
 
     def draw(n):
         y = torch.randint(0, 10, (n,), generator=gen)
-        s = torch.full((n, 100), 0.05)
+        s = torch.full((n, 100), 0.5)
         s[torch.arange(n)[:, None], (10 * y)[:, None] + torch.arange(10)] = 1.0
         return s * torch.randn(n, 100, generator=gen), y
 
@@ -92,7 +92,10 @@ def test_input_baselines_see_the_digit_only_in_the_squares():
     xt, yt = draw(1000)
     result = evaluate.input_baselines(x, y, xt, yt, "variance", 10)
     assert set(result) == {"pixels", "pixels_squared", "pca"}
-    assert result["pixels"] < 0.6 and result["pixels_squared"] > 0.95
+    assert result["pixels"] < 0.3 and result["pixels_squared"] > 0.8
+    # each is the probe on exactly those features, train and test alike
+    assert result["pixels"] == evaluate.probe_accuracy(x, y, xt, yt)
+    assert result["pixels_squared"] == evaluate.probe_accuracy(x * x, y, xt * xt, yt)
     xn = x.double().numpy()
     _, _, vt = np.linalg.svd(xn - xn.mean(0), full_matrices=False)
     project = lambda a: torch.as_tensor((a.double().numpy() - xn.mean(0)) @ vt[:10].T)
@@ -189,7 +192,7 @@ def test_vae_oracle_nll_on_constant_images():
     model = ae.VAE(3).eval()
     gen = torch.Generator().manual_seed(0)
     m = evaluate.vae_quality(model, {"dataset": "variance"}, images, "cpu",
-                             lambda t: torch.randn(t.shape, generator=gen), is_images=10, is_samples=3)
+                             lambda t: torch.randn(t.shape, generator=gen), is_images=10, is_samples=3, ae=ae)
     assert m["oracle_nll"] == pytest.approx((closed(128 / 255) + closed(0)) / 2, rel=1e-6)
     assert m["subset_oracle_nll"] == pytest.approx(closed(128 / 255), rel=1e-6)  # the first 10 images
     assert m["subset_size"] == 10 and m["is_samples"] == 3
