@@ -1,8 +1,8 @@
 """Benchmark: train every model with its defaults and its --long preset, and print one table.
 
-    python tests/benchmark.py --data-dir ../shared/data             # everything, about an hour on 2 cores
-    python tests/benchmark.py --data-dir ../shared/data --presets default   # ~10 minutes
-    python tests/benchmark.py --data-dir ../shared/data --presets default --seeds 0,1,2   # ~30 minutes
+    python tests/benchmark.py --data-dir /path/to/mnist             # everything, about an hour on 2 cores
+    python tests/benchmark.py --data-dir /path/to/mnist --presets default   # ~10 minutes
+    python tests/benchmark.py --data-dir /path/to/mnist --presets default --seeds 0,1,2   # ~30 minutes
 
 Not collected by pytest (timings are figures here, never assertions in tests). For every run it
 reports the probe accuracy beside the reference implementation's, the quality ratio of the model,
