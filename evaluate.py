@@ -127,6 +127,10 @@ def fixed_inputs(images_uint8, dataset, device, seed, chunk=1000):
         yield s.to(device), x.to(device)
 
 
+def flat_inputs(images_uint8, dataset, seed):
+    return torch.cat([x.flatten(1) for _, x in fixed_inputs(images_uint8, dataset, "cpu", seed)])  # (N, 784), CPU
+
+
 @torch.no_grad()
 def codes_of(model, images_uint8, dataset, device, seed):
     return torch.cat([model.encode(x).cpu() for _, x in fixed_inputs(images_uint8, dataset, device, seed)])  # (N, K)
@@ -214,8 +218,7 @@ def bae_quality(model, config, train_images, test_images, device):
     # K-dimensional code can do, and the baseline the nonlinear autoencoder has to beat.
     k, dataset = config["n_components"], config["dataset"]
     sq, pca_sq, n = 0.0, 0.0, test_images.shape[0] * 784
-    train_x = torch.cat([x.flatten(1) for _, x in fixed_inputs(train_images, dataset, "cpu", SEEDS["train"])])
-    mean, comps = pca(train_x, k)  # fitted on the training inputs: (784,), (K, 784)
+    mean, comps = pca(flat_inputs(train_images, dataset, SEEDS["train"]), k)  # fitted on the training inputs
     for _, x in fixed_inputs(test_images, dataset, device, SEEDS["test"]):
         sq += (model(x) - x).pow(2).sum().item()
         xf = x.cpu().flatten(1).double()  # (B, 1, 28, 28) -> (B, 784)
@@ -399,16 +402,17 @@ def evaluate_checkpoint(path, data_dir, device="cpu", is_images=IS_IMAGES, is_sa
     def randn_like(t):
         return torch.randn(t.shape, generator=gen).to(t.device)
 
+    def codes_and_labels(encoder):  # the arguments of probe_accuracy, for one model's codes
+        return (codes_of(encoder, train_images, dataset, device, SEEDS["train"]), train_labels,
+                codes_of(encoder, test_images, dataset, device, SEEDS["test"]), test_labels)
+
     # 1. The codes of every image, and the linear probe on them. The DAE's are read from a copy
     # with BatchNorm statistics of clean images (adapt_batchnorm); the model's own are kept too.
     metrics, encoder = {}, model
     if config["model"] == "dae":
-        metrics["probe_test_accuracy_unadapted"] = probe_accuracy(
-            codes_of(model, train_images, dataset, device, SEEDS["train"]), train_labels,
-            codes_of(model, test_images, dataset, device, SEEDS["test"]), test_labels)
+        metrics["probe_test_accuracy_unadapted"] = probe_accuracy(*codes_and_labels(model))
         encoder = encoder_for_codes(model, train_images, dataset, device)
-    codes_train = codes_of(encoder, train_images, dataset, device, SEEDS["train"])
-    codes_test = codes_of(encoder, test_images, dataset, device, SEEDS["test"])
+    codes_train, _, codes_test, _ = codes_and_labels(encoder)
     predict = fit_probe(codes_train, train_labels)
     metrics["probe_train_accuracy"] = accuracy(predict, codes_train, train_labels)
     metrics["probe_test_accuracy"] = accuracy(predict, codes_test, test_labels)
@@ -420,8 +424,7 @@ def evaluate_checkpoint(path, data_dir, device="cpu", is_images=IS_IMAGES, is_sa
     metrics["baselines"] = {
         **cached_input_baselines(data_dir, train_images, train_labels, test_images, test_labels, dataset,
                                  config["n_components"]),
-        "untrained": probe_accuracy(codes_of(untrained, train_images, dataset, device, SEEDS["train"]), train_labels,
-                                    codes_of(untrained, test_images, dataset, device, SEEDS["test"]), test_labels)}
+        "untrained": probe_accuracy(*codes_and_labels(untrained))}
 
     # 3. The PCA of the test codes to 2-D, saved as points and as a picture.
     mean, comps = pca(codes_test, min(2, codes_test.shape[1]))
@@ -560,10 +563,8 @@ def cached_input_baselines(data_dir, train_images, train_labels, test_images, te
     if not isinstance(cache, dict):
         cache = {}
     if key not in cache:
-        def inputs(images, seed):
-            return torch.cat([x.flatten(1) for _, x in fixed_inputs(images, dataset, "cpu", seed)])  # (N, 784)
-        cache[key] = input_baselines(inputs(train_images, SEEDS["train"]), train_labels,
-                                     inputs(test_images, SEEDS["test"]), test_labels, dataset, k)
+        cache[key] = input_baselines(flat_inputs(train_images, dataset, SEEDS["train"]), train_labels,
+                                     flat_inputs(test_images, dataset, SEEDS["test"]), test_labels, dataset, k)
         try:
             atomic_write(path, lambda f: f.write(json.dumps(cache, indent=1).encode()))
         except OSError:
