@@ -249,17 +249,17 @@ def test_load_checkpoint_never_runs_pickled_code(tmp_path, monkeypatch):
 def test_adapt_batchnorm_sets_the_statistics_of_the_given_batches():
     torch.manual_seed(0)
     model = ae.DenoisingAE(4).eval()
-    model.decoder.append(torch.nn.BatchNorm2d(1))  # a decoder BatchNorm, which encoding never runs,
-    model.decoder[-1].running_var.fill_(3.0)      # must keep its statistics
+    model.decoder[-1].running_var.fill_(3.0)  # the mask's BatchNorm, which encoding never runs, keeps its statistics
     weights = {k: v.clone() for k, v in model.state_dict().items()
                if not (k.startswith("encoder") and ("running" in k or "num_batches" in k))}
     batches = [torch.randn(50, 1, 28, 28) * s for s in (0.5, 1.0, 2.0)]  # three different scales
     evaluate.adapt_batchnorm(model, batches)
-    # Oracle: the first BatchNorm sees the first convolution's output; numpy averages its per-batch
-    # channel means and (unbiased) variances.
-    conv, norm = model.encoder[0][0], model.encoder[0][1]
+    # Oracle: the first BatchNorm sees the first convolution's output after its ReLU; numpy averages
+    # its per-batch channel means and (unbiased) variances.
+    conv, norm = model.encoder[0], model.encoder[2]
+    assert isinstance(norm, torch.nn.BatchNorm2d)
     with torch.no_grad():
-        feats = [conv(x).permute(1, 0, 2, 3).reshape(6, -1).double().numpy() for x in batches]
+        feats = [torch.relu(conv(x)).permute(1, 0, 2, 3).reshape(6, -1).double().numpy() for x in batches]
     np.testing.assert_allclose(norm.running_mean.numpy(), np.mean([f.mean(1) for f in feats], 0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(norm.running_var.numpy(), np.mean([f.var(1, ddof=1) for f in feats], 0), rtol=1e-4)
     # Every BatchNorm moved away from its initial (0, 1); nothing else changed; mode and momentum are back.
