@@ -265,6 +265,9 @@ ae.bae_loss = bae_loss""", tmp_path)
     proc = call_main(train.main, ["--model", "bae", "--resume", "--lr", "0.5", "--data-dir", mnist_dir, "--out", out],
                      capsys)
     assert_clean_error(proc, "drop --lr")
+    proc = call_main(train.main, ["--model", "bae", "--resume", "--long", "--data-dir", mnist_dir, "--out", out],
+                     capsys)
+    assert_clean_error(proc, "drop --long", "epochs 1")  # --long asks for other epochs than the saved run's
     proc = call_main(train.main, ["--model", "vae", "--resume", "--data-dir", mnist_dir, "--out", out], capsys)
     assert_clean_error(proc, "trains bae, not vae")
     proc = call_main(train.main, ["--model", "bae", *TINY, "--data-dir", mnist_dir, "--out", out], capsys)

@@ -25,6 +25,10 @@ def test_every_flag_reaches_the_config_even_when_zero():
     assert config_of("vae") == {"model": "vae", "dataset": "variance", "epochs": 3, "batch_size": 128, "lr": 4e-3,
                                 "n_components": 10, "noise_std": 0.2, "seed": 0, "train_size": 60000}
     assert config_of("bae", "--long")["epochs"] == 20 and config_of("bae", "--long", "--epochs", "2")["epochs"] == 2
+    # the DAE's --long is the original recipe's training length, batch and step; a flag still wins
+    long_dae = config_of("dae", "--long", "--batch-size", "64")
+    assert (long_dae["epochs"], long_dae["batch_size"], long_dae["lr"]) == (5, 64, 1e-3)
+    assert config_of("dae", "--long")["batch_size"] == 32 and config_of("vae", "--long")["batch_size"] == 128
     assert config_of("bae")["dataset"] == "mnist" and config_of("dae")["dataset"] == "variance"
 
 
