@@ -336,9 +336,13 @@ def settings(args):
     # A resumed run continues with its own settings; a flag that asks for something else would be
     # silently ignored, so refuse it instead.
     for key in CONFIG_KEYS[1:]:
-        flag = f"--{key.replace('_', '-')}" if getattr(args, key) is not None else "--long"
-        given = flag != "--long" or (args.long and key in DEFAULTS[config["model"]]["long"])
-        if given and config[key] != saved[key]:
+        if getattr(args, key) is not None:
+            flag = f"--{key.replace('_', '-')}"
+        elif args.long and key in DEFAULTS[config["model"]]["long"]:
+            flag = "--long"
+        else:
+            continue  # not asked for on this command line
+        if config[key] != saved[key]:
             raise UserError(f"--resume continues the run in {out} with its saved settings; "
                             f"drop {flag} (saved: {key} {saved[key]})")
     return saved, device, out, checkpoint
