@@ -268,7 +268,15 @@ ae.bae_loss = bae_loss""", tmp_path)
     proc = call_main(train.main, ["--model", "bae", "--resume", "--long", "--data-dir", mnist_dir, "--out", out],
                      capsys)
     assert_clean_error(proc, "drop --long", "epochs 1")  # --long asks for other epochs than the saved run's
+    proc = call_main(train.main, ["--model", "bae", "--resume", "--lr-schedule", "constant", "--data-dir", mnist_dir,
+                                  "--out", out], capsys)
+    assert_clean_error(proc, "drop --lr-schedule", "lr_schedule warmup_cosine")
     proc = call_main(train.main, ["--model", "vae", "--resume", "--data-dir", mnist_dir, "--out", out], capsys)
     assert_clean_error(proc, "trains bae, not vae")
     proc = call_main(train.main, ["--model", "bae", *TINY, "--data-dir", mnist_dir, "--out", out], capsys)
     assert_clean_error(proc, "interrupted run", "--resume")
+    # a resume.pt saved before --lr-schedule existed continues with the one schedule there was then
+    del state["config"]["lr_schedule"]
+    torch.save(state, out / "resume.pt")
+    args = train.get_parser().parse_args(["--model", "bae", "--resume", "--data-dir", mnist_dir, "--out", str(out)])
+    assert train.settings(args)[0]["lr_schedule"] == "warmup_cosine"

@@ -1,5 +1,5 @@
 """The pieces of train.py against exact expectations, in this process and on tiny synthetic data:
-the settings from the command line, the learning-rate schedule the optimizer really gets, the
+the settings from the command line, the learning-rate schedules the optimizer really gets, the
 per-epoch loss bookkeeping, and the test loss leaving the model and the generators as they were."""
 
 import math
@@ -18,17 +18,21 @@ def config_of(*argv):
 
 def test_every_flag_reaches_the_config_even_when_zero():
     config = config_of("dae", "--dataset", "mnist", "--epochs", "7", "--batch-size", "33", "--lr", "0.25",
-                       "--n-components", "4", "--noise-std", "0", "--seed", "0", "--train-size", "123")
+                       "--lr-schedule", "constant", "--n-components", "4", "--noise-std", "0", "--seed", "0",
+                       "--train-size", "123")
     assert config == {"model": "dae", "dataset": "mnist", "epochs": 7, "batch_size": 33, "lr": 0.25,
-                      "n_components": 4, "noise_std": 0.0, "seed": 0, "train_size": 123}
+                      "lr_schedule": "constant", "n_components": 4, "noise_std": 0.0, "seed": 0, "train_size": 123}
     assert config_of("dae", "--seed", "-1")["seed"] == -1
     assert config_of("vae") == {"model": "vae", "dataset": "variance", "epochs": 3, "batch_size": 128, "lr": 4e-3,
-                                "n_components": 10, "noise_std": 0.2, "seed": 0, "train_size": 60000}
+                                "lr_schedule": "warmup_cosine", "n_components": 10, "noise_std": 0.2, "seed": 0,
+                                "train_size": 60000}
     assert config_of("bae", "--long")["epochs"] == 20 and config_of("bae", "--long", "--epochs", "2")["epochs"] == 2
-    # the DAE's --long is the original recipe's training length, batch and step; a flag still wins
-    long_dae = config_of("dae", "--long", "--batch-size", "64")
+    # the DAE's --long is the original recipe's training length, batch, step and schedule; a flag still wins
+    long_dae = config_of("dae", "--long", "--batch-size", "64", "--lr-schedule", "warmup_cosine")
     assert (long_dae["epochs"], long_dae["batch_size"], long_dae["lr"]) == (5, 64, 1e-3)
+    assert long_dae["lr_schedule"] == "warmup_cosine" and config_of("dae", "--long")["lr_schedule"] == "constant"
     assert config_of("dae", "--long")["batch_size"] == 32 and config_of("vae", "--long")["batch_size"] == 128
+    assert config_of("dae")["lr_schedule"] == config_of("vae", "--long")["lr_schedule"] == "warmup_cosine"
     assert config_of("bae")["dataset"] == "mnist" and config_of("dae")["dataset"] == "variance"
 
 
@@ -59,6 +63,22 @@ def test_the_optimizer_gets_warm_up_then_cosine(tmp_path, monkeypatch):
     assert len(seen) == total
     np.testing.assert_allclose(seen, expected, rtol=1e-12)
     assert seen[warmup - 1] == seen[warmup] == 0.5 and seen[-1] < 1e-4
+
+
+def test_the_constant_schedule_keeps_the_learning_rate(tmp_path, monkeypatch):
+    # The same spy: under "constant" every one of the run's steps gets config["lr"] itself.
+    seen = []
+    step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    config = {**train.SHARED_DEFAULTS, "model": "bae", "dataset": "mnist", "epochs": 2, "batch_size": 10, "lr": 0.25,
+              "lr_schedule": "constant"}
+    train.train(ae.BottleneckAE(3), config, tiny_images(205), tiny_images(20, 1), str(tmp_path))
+    assert seen == [0.25] * (2 * 20)
 
 
 def test_each_epochs_loss_is_the_mean_over_its_steps(tmp_path, monkeypatch):
