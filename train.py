@@ -12,8 +12,9 @@ pictures). While training it keeps resume.pt, the training state at the start an
 epoch, so Ctrl-C or a crash loses at most the epoch in progress; `--resume` continues from it.
 
 Read it in this order: DEFAULTS (the hyperparameters), loss_function (the one switch from --model
-to its loss), warmup_cosine and constant (the learning-rate schedules), train (the loop), run (the program: data,
-model, training, saving, evaluation). Below the marked line: the command line, checkpoints, errors.
+to its loss), warmup_cosine and constant (the learning-rate schedules), train (the loop), run (the
+program: data, model, training, saving, evaluation). Below the marked line: the command line,
+checkpoints, errors.
 
 The training data lives on the training device as one uint8 tensor and each batch is drawn by
 indexing it (and, for varianceMNIST, multiplying by fresh noise): no DataLoader, no per-image
@@ -80,7 +81,8 @@ def warmup_cosine(step, total_steps):
 
 def constant(step, total_steps):
     # The original recipe's schedule: the same step size throughout. With the many small steps of
-    # the DAE's --long it reads out better than warmup_cosine (paired seeds in docs/experiments.md).
+    # the DAE's --long it read out better than warmup_cosine on average over paired seeds, though
+    # not on every seed (docs/experiments.md).
     return 1.0
 
 
@@ -163,7 +165,8 @@ def run(args):
     model = ae.MODELS[config["model"]](config["n_components"]).to(device)
     print(f"{config['model']} on {config['dataset']}: {sum(p.numel() for p in model.parameters()):,} "
           f"parameters, {config['epochs']} epochs of {train_images.shape[0]} images, batch "
-          f"{min(config['batch_size'], train_images.shape[0])}, lr {config['lr']}, on {device} -> {out}", flush=True)
+          f"{min(config['batch_size'], train_images.shape[0])}, lr {config['lr']} ({config['lr_schedule']}), "
+          f"on {device} -> {out}", flush=True)
     try:
         history = train(model, config, train_images, test_images, out, checkpoint)
     except KeyboardInterrupt:
