@@ -190,9 +190,10 @@ def main():
                  "probe_mean": statistics.mean(acc), "probe_std": statistics.stdev(acc),
                  "train_seconds_mean": statistics.mean(secs), "train_seconds_std": statistics.stdev(secs),
                  "reference_accuracy": group[0]["reference_accuracy"], "goal_seconds": group[0]["goal_seconds"]}
-            if key[1] == ("mnist" if key[0] == "bae" else "variance") and key[2] == "default":  # not the control
-                x["recipe_mean"] = RECIPE.get(key[0], {}).get("mean_probe")
-                x["verdict"] = verdict(key[0], x["probe_mean"], x["train_seconds_mean"])
+            if key[1] == ("mnist" if key[0] == "bae" else "variance"):  # not the control
+                x["recipe_mean"] = RECIPE.get(key[0], {}).get("mean_probe")  # beside --long's mean too
+                if key[2] == "default":  # the time goal is the default run's
+                    x["verdict"] = verdict(key[0], x["probe_mean"], x["train_seconds_mean"])
             summary.append(x)
             recipe = f", recipe {x['recipe_mean']:.2%}" if x.get("recipe_mean") else ""
             print(f"{x['model']:5} {x['data']:8} {x['preset']:7} probe {x['probe_mean']:6.2%} ({x['probe_std']:.2%})  "
