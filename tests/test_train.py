@@ -41,9 +41,8 @@ def tiny_images(n, seed=0):
     return torch.randint(0, 256, (n, 1, 28, 28), generator=gen, dtype=torch.uint8)
 
 
-def test_the_optimizer_gets_warm_up_then_cosine(tmp_path, monkeypatch):
-    # Oracle: the schedule written out in numpy, for every step of a 3-epoch run, recorded at each
-    # optimizer step (so a schedule restarted every epoch, or stepped once an epoch, fails).
+def learning_rates_seen(monkeypatch):
+    # The learning rate of every optimizer step, recorded as Adam takes it.
     seen = []
     step = torch.optim.Adam.step
 
@@ -52,6 +51,13 @@ def test_the_optimizer_gets_warm_up_then_cosine(tmp_path, monkeypatch):
         return step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    return seen
+
+
+def test_the_optimizer_gets_warm_up_then_cosine(tmp_path, monkeypatch):
+    # Oracle: the schedule written out in numpy, for every step of a 3-epoch run, recorded at each
+    # optimizer step (so a schedule restarted every epoch, or stepped once an epoch, fails).
+    seen = learning_rates_seen(monkeypatch)
     config = {**train.SHARED_DEFAULTS, "model": "bae", "dataset": "mnist", "epochs": 3, "batch_size": 10, "lr": 0.5}
     torch.manual_seed(0)
     train.train(ae.BottleneckAE(3), config, tiny_images(1005), tiny_images(20, 1), str(tmp_path))
@@ -66,15 +72,8 @@ def test_the_optimizer_gets_warm_up_then_cosine(tmp_path, monkeypatch):
 
 
 def test_the_constant_schedule_keeps_the_learning_rate(tmp_path, monkeypatch):
-    # The same spy: under "constant" every one of the run's steps gets config["lr"] itself.
-    seen = []
-    step = torch.optim.Adam.step
-
-    def spy(self, *args, **kwargs):
-        seen.append(self.param_groups[0]["lr"])
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    # Under "constant" every one of the run's steps gets config["lr"] itself.
+    seen = learning_rates_seen(monkeypatch)
     config = {**train.SHARED_DEFAULTS, "model": "bae", "dataset": "mnist", "epochs": 2, "batch_size": 10, "lr": 0.25,
               "lr_schedule": "constant"}
     train.train(ae.BottleneckAE(3), config, tiny_images(205), tiny_images(20, 1), str(tmp_path))
