@@ -80,9 +80,9 @@ def warmup_cosine(step, total_steps):
 
 
 def constant(step, total_steps):
-    # The original recipe's schedule: the same step size throughout. With the many small steps of
-    # the DAE's --long it read out better than warmup_cosine on average over paired seeds, though
-    # not on every seed (docs/experiments.md).
+    # The original recipe's schedule: the same step size throughout. The DAE's --long trains the
+    # recipe's way with it, and matches the recipe's probe; against warmup_cosine the paired seeds
+    # could not tell the two apart (docs/experiments.md).
     return 1.0
 
 
@@ -249,7 +249,7 @@ def get_parser():
                         f"everything else as without it)")
     p.add_argument("--batch-size", type=positive(int), help=f"images per step (default: {per_model('batch_size')})")
     p.add_argument("--lr", type=positive(float),
-                   help=f"Adam's learning rate at the peak of --lr-schedule (default: {per_model('lr')})")
+                   help=f"Adam's learning rate, the peak of warmup_cosine (default: {per_model('lr')})")
     p.add_argument("--lr-schedule", choices=sorted(SCHEDULES),
                    help=f"the learning rate over the run: warmup_cosine, a short warm-up then a cosine decay "
                         f"to zero; constant, the same throughout (default: {SHARED_DEFAULTS['lr_schedule']})")
