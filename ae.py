@@ -79,13 +79,14 @@ def bae_loss(model, x):
 
 
 # The layout is the original implementation's, with unpadded convolutions (28 -> 24 -> 20 instead of
-# 28 -> 26 -> 24: no worse, and a step is faster). Three of its choices carry its accuracy, each
-# worth a point of the probe or more when trained the recipe's way, long and in small batches
-# (docs/experiments.md has the paired runs; in the short default run the layout as a whole made no
-# difference): no BatchNorm on the 250 features, BatchNorm after each ReLU of the convolutions
-# rather than before it, and BatchNorm in the decoder, after both transposed convolutions (the last
-# one on the mask's logits). In eval mode each BatchNorm is a fixed affine map, so the mask of an
-# image does not depend on the other images of its batch.
+# 28 -> 26 -> 24: no worse, and a step is faster). Three of its BatchNorm choices carry its accuracy
+# when it is trained the recipe's way, long and in small batches (in the short default run the
+# layout as a whole made no difference): no BatchNorm on the 250 features (the largest of the three,
+# about two points), BatchNorm after each ReLU of the convolutions rather than before it, and
+# BatchNorm in the decoder, after both transposed convolutions, the last one on the mask's logits
+# (the smallest, under a point). docs/experiments.md has the paired runs. In eval mode each
+# BatchNorm is a fixed affine map, so the mask of an image does not depend on the other images of
+# its batch.
 
 
 class DenoisingAE(nn.Module):
@@ -119,11 +120,32 @@ class DenoisingAE(nn.Module):
         return x_noisy * self.mask(x_noisy)
 
 
+def standard_normal_like(t, generator=None):
+    # N(0, 1) noise of t's shape, dtype and device. With no generator, from torch's global generator
+    # on t's device (training: fresh noise every call). With a CPU torch.Generator, drawn on the CPU
+    # and then moved, so that evaluation sees exactly the same numbers on every device.
+    if generator is None:
+        return torch.randn_like(t)
+    return torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device)
+
+
+def corrupt(x, noise_std, generator=None):
+    # The DAE's corruption: x~ = x + n, n ~ N(0, sigma_n^2), fresh for every pixel.
+    return x + noise_std * standard_normal_like(x, generator)
+
+
+def optimal_mask(s, noise_std):
+    # The Bayes-optimal denoiser's mask for a varianceMNIST pixel of standard deviation s (above):
+    #     m* = s^2 / (s^2 + sigma_n^2),   so that   E[x | x~] = x~ * m*
+    # With no corruption (sigma_n = 0) the best output is the input itself, m* = 1.
+    if noise_std == 0:
+        return torch.ones_like(s)
+    return s.pow(2) / (s.pow(2) + noise_std ** 2)
+
+
 def dae_loss(model, x, noise_std=0.2):
     # Corrupt the (varianceMNIST) input with fresh Gaussian noise and ask for the clean pixels back.
-    # The noise is drawn here, every call, from torch's global generator on x's device.
-    x_noisy = x + noise_std * torch.randn_like(x)  # x~ = x + n, n ~ N(0, sigma_n^2)
-    return F.mse_loss(model(x_noisy), x)
+    return F.mse_loss(model(corrupt(x, noise_std)), x)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -212,33 +234,47 @@ class VAE(nn.Module):
         return mu_x, logvar_x, mu_z, logvar_z
 
 
-def reparameterize(mu, logvar):
+def reparameterize(mu, logvar, generator=None):
     # z = mu + sigma * eps, eps ~ N(0, I): a sample of N(mu, sigma^2) written as a differentiable
     # function of (mu, sigma), so gradients flow through the sampling (Kingma & Welling, sec. 2.4).
-    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    # `generator`: fixed noise for evaluation (standard_normal_like); None in training.
+    return mu + torch.exp(0.5 * logvar) * standard_normal_like(mu, generator)
 
 
-def kl_to_standard_normal(mu, logvar):
+def kl_to_standard_normal(mu, logvar, per_dimension=False):
     # KL(N(mu, sigma^2) || N(0, 1)) in closed form, summed over the latent dimensions
     # (Kingma & Welling, appendix B):
     #     KL = 1/2 * sum_j (mu_j^2 + sigma_j^2 - 1 - log sigma_j^2)
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)  # (B, K) -> (B,)
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)  # (B, K): the KL of each dimension j
+    return kl if per_dimension else kl.sum(dim=1)  # (B, K) -> (B,)
 
 
-def gaussian_nll(x, mu, logvar):
+def gaussian_nll(x, mu, logvar, per_pixel=False):
     # -log N(x | mu, sigma^2) without its constant (D/2) log(2 pi), summed over the D dimensions of
     # each item of the batch (the 784 pixels of an image, or the K numbers of a code):
     #     1/2 * sum_i (log sigma_i^2 + (x_i - mu_i)^2 / sigma_i^2)
     # (the constant does not move the optimum; with it, add 784/2 * log(2 pi) ~ 720.4 nats)
-    return 0.5 * (logvar + (x - mu).pow(2) * torch.exp(-logvar)).flatten(1).sum(dim=1)  # (B,)
+    nll = 0.5 * (logvar + (x - mu).pow(2) * torch.exp(-logvar))  # x's shape: one term per pixel
+    return nll if per_pixel else nll.flatten(1).sum(dim=1)  # -> (B,)
+
+
+def neg_elbo_terms(model, x, generator=None):
+    """The two terms of the -ELBO of each image, from one reparameterised sample z ~ q(z | x):
+    KL(q(z|x) || p(z)) of each latent dimension (B, K), and -log p(x | z) of each pixel, x's shape.
+    Summed, they are the -ELBO; evaluation reads them apart (which dimensions, which pixels)."""
+    mu_z, logvar_z = model.encode_dist(x)
+    z = reparameterize(mu_z, logvar_z, generator)
+    mu_x, logvar_x = model.decode(z)
+    return (kl_to_standard_normal(mu_z, logvar_z, per_dimension=True),
+            gaussian_nll(x, mu_x, logvar_x, per_pixel=True))
 
 
 def vae_loss(model, x):
     # Negative ELBO per image, averaged over the batch:
     #     -ELBO = KL(q(z|x) || p(z)) + E_q[-log p(x | z)]
     # with the expectation estimated by one reparameterised sample z ~ q(z | x).
-    mu_x, logvar_x, mu_z, logvar_z = model(x)
-    return (kl_to_standard_normal(mu_z, logvar_z) + gaussian_nll(x, mu_x, logvar_x)).mean()
+    kl, nll = neg_elbo_terms(model, x)  # (B, K), (B, 1, 28, 28)
+    return (kl.sum(dim=1) + nll.flatten(1).sum(dim=1)).mean()
 
 
 # -------------------------------------------------------------------------------------------------
@@ -262,14 +298,13 @@ def importance_sampled_nll(model, x, n_samples, generator=None):
 
     In the units of vae_loss: nats per image, without the (D/2) log(2 pi) constant. `model` needs
     encode_dist(x) -> (mu_z, logvar_z) and decode(z) -> (mu_x, logvar_x). The noise comes from
-    `generator` (a CPU torch.Generator; None: the global one) and is moved to x's device.
+    `generator` (a CPU torch.Generator, moved to x's device; None: the global one on x's device).
     """
     assert not model.training, "importance_sampled_nll needs model.eval(): BatchNorm must use its running statistics"
     mu_z, logvar_z = model.encode_dist(x)  # two (B, K)
     log_w = []
     for _ in range(n_samples):
-        eps = torch.randn(mu_z.shape, generator=generator, dtype=mu_z.dtype).to(mu_z.device)
-        z = mu_z + torch.exp(0.5 * logvar_z) * eps  # z ~ q(z | x), reparameterised as in training
+        z = reparameterize(mu_z, logvar_z, generator)  # z ~ q(z | x), as in training
         mu_x, logvar_x = model.decode(z)
         # log w = log p(x | z) + log p(z) - log q(z | x); gaussian_nll drops the same constant
         # (K/2) log(2 pi) from log p(z) and log q(z | x), so it cancels in their difference.

@@ -33,19 +33,22 @@ def to_float(images_uint8):
     return images_uint8.float() / 255.0
 
 
-def variance_batch(s):
+def variance_batch(s, generator=None):
     # varianceMNIST: x = s * e, e ~ N(0, 1) fresh for every pixel, so x ~ N(0, s^2) pixel by pixel.
-    # The noise comes from torch's global generator on s's device, so every read is a new draw.
-    return s * torch.randn_like(s)
+    # Training draws e from torch's global generator on s's device, a new draw at every read.
+    # Evaluation passes a CPU torch.Generator for one fixed draw, the same numbers on every device.
+    if generator is None:
+        return s * torch.randn_like(s)
+    return s * torch.randn(s.shape, generator=generator, dtype=s.dtype).to(s.device)
 
 
-def make_batch(images_uint8, dataset):
-    """The training input for one batch: MNIST intensities, or a fresh varianceMNIST draw."""
+def make_batch(images_uint8, dataset, generator=None):
+    """The model's input for a batch of MNIST images: their intensities, or a varianceMNIST draw."""
     s = to_float(images_uint8)
     if dataset == "mnist":
         return s
     if dataset == "variance":
-        return variance_batch(s)
+        return variance_batch(s, generator)
     raise ValueError(f"unknown dataset {dataset!r}: use 'mnist' or 'variance'")
 
 

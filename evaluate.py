@@ -31,6 +31,7 @@ import copy
 import json
 import os
 import sys
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torchvision.utils import make_grid, save_image
+
+import ae  # the models, and the formulas evaluation measures them by (corruption, optimal mask, -ELBO)
+import data  # MNIST and the varianceMNIST draw
 
 # Evaluation noise comes from CPU generators with these seeds, one per use, so every device sees
 # the same numbers and the training and test images never share a noise field.
@@ -117,14 +121,12 @@ def pca(X, k):
 def fixed_inputs(images_uint8, dataset, device, seed, chunk=1000):
     """Yields (s, x) chunks: intensities s in [0, 1] and the model input x, on `device`.
 
-    varianceMNIST noise comes from a CPU generator seeded with `seed` and is then moved to the
-    device, so every device evaluates on exactly the same numbers.
+    The varianceMNIST draw is data.make_batch's, with a CPU generator seeded with `seed`, so every
+    device evaluates on exactly the same numbers.
     """
     gen = torch.Generator().manual_seed(seed)
     for part in images_uint8.split(chunk):
-        s = part.float() / 255.0
-        x = s * torch.randn(s.shape, generator=gen) if dataset == "variance" else s
-        yield s.to(device), x.to(device)
+        yield data.to_float(part).to(device), data.make_batch(part, dataset, generator=gen).to(device)
 
 
 def flat_inputs(images_uint8, dataset, seed):
@@ -179,6 +181,35 @@ def encoder_for_codes(model, train_images, dataset, device):
     return adapt_batchnorm(copied, batches)
 
 
+class Splits(NamedTuple):
+    # MNIST as evaluation reads it: uint8 images (N, 1, 28, 28) and int64 labels (N,), on the CPU.
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+def codes_and_labels(encoder, splits, dataset, device):
+    """The arguments of probe_accuracy for one encoder: its train codes, labels, test codes, labels."""
+    return (codes_of(encoder, splits.train_images, dataset, device, SEEDS["train"]), splits.train_labels,
+            codes_of(encoder, splits.test_images, dataset, device, SEEDS["test"]), splits.test_labels)
+
+
+def model_codes(model, config, splits, device):
+    """The codes the probe reads, (train (N, K), test (10000, K)), and the probe's metrics. The DAE's
+    are read from a copy with BatchNorm statistics of clean images (adapt_batchnorm); the probe on
+    the model's own statistics is reported too."""
+    metrics, encoder = {}, model
+    if config["model"] == "dae":
+        metrics["probe_test_accuracy_unadapted"] = probe_accuracy(*codes_and_labels(model, splits, config["dataset"], device))
+        encoder = encoder_for_codes(model, splits.train_images, config["dataset"], device)
+    codes_train, _, codes_test, _ = codes_and_labels(encoder, splits, config["dataset"], device)
+    predict = fit_probe(codes_train, splits.train_labels)
+    metrics["probe_train_accuracy"] = accuracy(predict, codes_train, splits.train_labels)
+    metrics["probe_test_accuracy"] = accuracy(predict, codes_test, splits.test_labels)
+    return (codes_train, codes_test), metrics
+
+
 # -------------------------------------------------------------------------------------------------
 # Baselines: the same probe on what the encoder starts from.
 #
@@ -208,6 +239,15 @@ def untrained_model(model_class, config):
         return model_class(config["n_components"])
 
 
+def baselines(config, splits, device, data_dir):
+    """The probe on the inputs (cached beside MNIST, below the line) and on the untrained encoder."""
+    untrained = untrained_model(ae.MODELS[config["model"]], config).to(device).eval()
+    if config["model"] != "bae":  # a conv encoder: BatchNorm statistics from the data, no training
+        untrained = encoder_for_codes(untrained, splits.train_images, config["dataset"], device)
+    return {**cached_input_baselines(data_dir, splits, config["dataset"], config["n_components"]),
+            "untrained": probe_accuracy(*codes_and_labels(untrained, splits, config["dataset"], device))}
+
+
 # -------------------------------------------------------------------------------------------------
 # Quality of the outputs, each beside a baseline or the optimum.
 
@@ -228,16 +268,16 @@ def bae_quality(model, config, train_images, test_images, device):
 
 
 @torch.no_grad()
-def dae_quality(model, config, test_images, device, randn_like):
+def dae_quality(model, config, test_images, device, gen):
     # Denoising MSE beside the Bayes-optimal denoiser that knows each pixel's true variance s^2:
-    #     g*(x~) = x~ * s^2 / (s^2 + sigma_n^2)      (derived in ae.py)
+    #     g*(x~) = x~ * s^2 / (s^2 + sigma_n^2)      (ae.optimal_mask, derived in ae.py)
     # The ratio is >= 1 up to sampling noise; 1 means the DAE denoises as well as possible.
+    # `gen`: the CPU generator of the corruption noise.
     sigma_n, sq, oracle_sq, n = config["noise_std"], 0.0, 0.0, test_images.shape[0] * 784
     for s, x in fixed_inputs(test_images, config["dataset"], device, SEEDS["test"]):
-        x_noisy = x + sigma_n * randn_like(x)
+        x_noisy = ae.corrupt(x, sigma_n, gen)
         sq += (model(x_noisy) - x).pow(2).sum().item()
-        oracle = x_noisy * s.pow(2) / (s.pow(2) + sigma_n ** 2) if sigma_n > 0 else x_noisy
-        oracle_sq += (oracle - x).pow(2).sum().item()
+        oracle_sq += (x_noisy * ae.optimal_mask(s, sigma_n) - x).pow(2).sum().item()
     metrics = {"test_mse": sq / n}
     if config["dataset"] == "variance" and sigma_n > 0:  # the oracle assumes varianceMNIST
         metrics.update(oracle_mse=oracle_sq / n, mse_over_oracle=sq / oracle_sq)
@@ -254,17 +294,15 @@ def oracle_nll(s, min_logvar):
 
 
 @torch.no_grad()
-def vae_quality(model, config, test_images, device, randn_like, is_images, is_samples, ae):
+def vae_quality(model, config, test_images, device, gen, is_images, is_samples):
     # Negative ELBO per test image (nats, without the 784/2 log 2pi constant), one fixed sample of
-    # z per image, beside the true model's expected negative log-likelihood (oracle_nll). `ae` is
-    # the module ae.py, passed in so that this file imports nothing of the project at the top.
+    # z per image (from `gen`, a CPU generator), beside the true model's expected negative
+    # log-likelihood (oracle_nll).
     kl = nll = oracle = 0.0
     for s, x in fixed_inputs(test_images, config["dataset"], device, SEEDS["test"]):
-        mu_z, logvar_z = model.encode_dist(x)
-        z = mu_z + torch.exp(0.5 * logvar_z) * randn_like(mu_z)  # z = mu + sigma * eps
-        mu_x, logvar_x = model.decode(z)
-        kl += ae.kl_to_standard_normal(mu_z, logvar_z).sum().item()
-        nll += ae.gaussian_nll(x, mu_x, logvar_x).sum().item()
+        kl_terms, nll_terms = ae.neg_elbo_terms(model, x, gen)  # (B, K), (B, 1, 28, 28)
+        kl += kl_terms.sum(dim=1).sum().item()
+        nll += nll_terms.flatten(1).sum(dim=1).sum().item()
         oracle += oracle_nll(s, model.min_logvar.item()).sum().item()
     n = test_images.shape[0]
     metrics = {"test_neg_elbo": (kl + nll) / n, "test_kl": kl / n, "test_nll": nll / n}
@@ -285,6 +323,15 @@ def vae_quality(model, config, test_images, device, randn_like, is_images, is_sa
     return metrics
 
 
+def quality(model, config, splits, device, gen, is_images, is_samples):
+    """Each model's quality numbers on the whole test set, beside a baseline or the optimum."""
+    if config["model"] == "bae":
+        return bae_quality(model, config, splits.train_images, splits.test_images, device)
+    if config["model"] == "dae":
+        return dae_quality(model, config, splits.test_images, device, gen)
+    return vae_quality(model, config, splits.test_images, device, gen, is_images, is_samples)
+
+
 # -------------------------------------------------------------------------------------------------
 # Pictures: rows of digits, tiled by torchvision's make_grid.
 
@@ -302,8 +349,9 @@ def grid(rows):
 
 
 @torch.no_grad()
-def recon_rows(model, config, s, x, randn_like):
-    """Rows for recon.pgm, top to bottom as listed in the comments; s, x: (10, 1, 28, 28)."""
+def recon_rows(model, config, s, x, gen):
+    """Rows for recon.pgm, top to bottom as listed in the comments; s, x: (10, 1, 28, 28).
+    `gen`: the CPU generator of the DAE's corruption and the VAE's draw."""
     signed = config["dataset"] == "variance"
     rows = [to_unit(s)]  # the MNIST digits
     if signed:
@@ -311,17 +359,17 @@ def recon_rows(model, config, s, x, randn_like):
     if config["model"] == "bae":
         rows.append(to_unit(model(x), signed))  # reconstruction
     elif config["model"] == "dae":
-        x_noisy = x + config["noise_std"] * randn_like(x)
+        x_noisy = ae.corrupt(x, config["noise_std"], gen)
         mask = model.mask(x_noisy)
         rows += [to_unit(x_noisy, signed), to_unit(x_noisy * mask, signed), to_unit(mask)]  # x~, x~ * m, m
         if signed and config["noise_std"] > 0:  # the optimal mask s^2 / (s^2 + sigma_n^2)
-            rows.append(to_unit(s.pow(2) / (s.pow(2) + config["noise_std"] ** 2)))
+            rows.append(to_unit(ae.optimal_mask(s, config["noise_std"])))
     else:
         mu_z, logvar_z = model.encode_dist(x)
         mu_x, logvar_x = model.decode(mu_z)  # the decoder at the posterior mean
         std_x = torch.exp(0.5 * logvar_x)
         rows += [to_unit(mu_x, signed), to_unit(std_x),  # predictive mean and standard deviation
-                 to_unit(mu_x + std_x * randn_like(mu_x), signed)]  # a draw from p(x | z)
+                 to_unit(ae.reparameterize(mu_x, logvar_x, gen), signed)]  # a draw x ~ N(mu_x, sigma_x^2)
     return rows
 
 
@@ -337,11 +385,11 @@ def decoded_shape(model, config, z):
 
 
 @torch.no_grad()
-def interpolation_rows(model, config, s, x, randn_like, steps=10):
+def interpolation_rows(model, config, s, x, gen, steps=10):
     """One row per pair of digits (0, 1), (2, 3), ... of s, x (10, 1, 28, 28): the first digit, the
     decoded codes (1 - t) z_a + t z_b for `steps` values of t from 0 to 1, the second digit."""
     if config["model"] == "dae":  # its decoder learned from the codes of corrupted inputs
-        x = x + config["noise_std"] * randn_like(x)
+        x = ae.corrupt(x, config["noise_std"], gen)
     z = model.encode(x)  # (10, K); the VAE's posterior means
     t = torch.linspace(0, 1, steps, device=z.device)[:, None]  # (steps, 1)
     rows = []
@@ -365,16 +413,26 @@ def traversal_rows(model, config, x, steps=9):
 
 
 @torch.no_grad()
-def sample_rows(model, config, device, gen, randn_like, n=50):
+def sample_rows(model, config, device, gen, n=50):
     # z ~ p(z) = N(0, I), then a row of predictive stds followed by a row of draws x ~ p(x | z)
     z = torch.randn(n, config["n_components"], generator=gen).to(device)
     mu_x, logvar_x = model.decode(z)
-    std_x = torch.exp(0.5 * logvar_x)
-    draw = mu_x + std_x * randn_like(mu_x)
+    std_x, draw = torch.exp(0.5 * logvar_x), ae.reparameterize(mu_x, logvar_x, gen)  # x ~ N(mu_x, sigma_x^2)
     rows = []
     for i in range(0, n, 10):
         rows += [to_unit(std_x[i:i + 10]), to_unit(draw[i:i + 10], signed=True)]
     return rows
+
+
+def save_pictures(out, model, config, splits, device, gen):
+    """recon, interpolation (and the VAE's samples, traversal) of the first test image of each digit."""
+    show = torch.stack([torch.nonzero(splits.test_labels == d)[0, 0] for d in range(10)])
+    s, x = next(fixed_inputs(splits.test_images[show], config["dataset"], device, SEEDS["test"]))  # (10, 1, 28, 28)
+    save_picture(os.path.join(out, "recon"), grid(recon_rows(model, config, s, x, gen)))
+    save_picture(os.path.join(out, "interpolation"), grid(interpolation_rows(model, config, s, x, gen)))
+    if config["model"] == "vae":
+        save_picture(os.path.join(out, "samples"), grid(sample_rows(model, config, device, gen)))
+        save_picture(os.path.join(out, "traversal"), grid(traversal_rows(model, config, x)))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -386,92 +444,67 @@ IS_IMAGES, IS_SAMPLES = 500, 100  # the VAE's -log p(x): test images and samples
 
 def evaluate_checkpoint(path, data_dir, device="cpu", is_images=IS_IMAGES, is_samples=IS_SAMPLES):
     """Everything listed in the module docstring, written beside `path`; returns the metrics."""
-    import ae  # only the command needs the model and data code of this project
-    import data
-
     device = torch.device(device)
     model, config, history = load_model(path, ae.MODELS)
     model.to(device).eval()
-    out, dataset = os.path.dirname(os.path.abspath(path)), config["dataset"]
-    train_images, train_labels = data.load_mnist(data_dir, train=True)
-    test_images, test_labels = data.load_mnist(data_dir, train=False)
-    n = config.get("train_size", 60000)  # the probe is fitted on the images the model trained on
-    train_images, train_labels = train_images[:n], train_labels[:n]
-    gen = torch.Generator().manual_seed(SEEDS["model"])
+    out = os.path.dirname(os.path.abspath(path))
+    splits = load_splits(data_dir, config["train_size"])  # the probe is fitted on the images the model trained on
+    gen = torch.Generator().manual_seed(SEEDS["model"])  # the fixed noise of the quality numbers and pictures
 
-    def randn_like(t):
-        return torch.randn(t.shape, generator=gen).to(t.device)
-
-    def codes_and_labels(encoder):  # the arguments of probe_accuracy, for one model's codes
-        return (codes_of(encoder, train_images, dataset, device, SEEDS["train"]), train_labels,
-                codes_of(encoder, test_images, dataset, device, SEEDS["test"]), test_labels)
-
-    # 1. The codes of every image, and the linear probe on them. The DAE's are read from a copy
-    # with BatchNorm statistics of clean images (adapt_batchnorm); the model's own are kept too.
-    metrics, encoder = {}, model
-    if config["model"] == "dae":
-        metrics["probe_test_accuracy_unadapted"] = probe_accuracy(*codes_and_labels(model))
-        encoder = encoder_for_codes(model, train_images, dataset, device)
-    codes_train, _, codes_test, _ = codes_and_labels(encoder)
-    predict = fit_probe(codes_train, train_labels)
-    metrics["probe_train_accuracy"] = accuracy(predict, codes_train, train_labels)
-    metrics["probe_test_accuracy"] = accuracy(predict, codes_test, test_labels)
-
-    # 2. The same probe on the inputs and on the untrained encoder.
-    untrained = untrained_model(ae.MODELS[config["model"]], config).to(device).eval()
-    if config["model"] != "bae":  # a conv encoder: BatchNorm statistics from the data, no training
-        untrained = encoder_for_codes(untrained, train_images, dataset, device)
-    metrics["baselines"] = {
-        **cached_input_baselines(data_dir, train_images, train_labels, test_images, test_labels, dataset,
-                                 config["n_components"]),
-        "untrained": probe_accuracy(*codes_and_labels(untrained))}
-
-    # 3. The PCA of the test codes to 2-D, saved as points and as a picture.
-    mean, comps = pca(codes_test, min(2, codes_test.shape[1]))
-    pca_test = ((codes_test.double() - mean) @ comps.T).numpy()  # (N, K) -> (N, 2)
-    pca_test = np.pad(pca_test, ((0, 0), (0, 2 - pca_test.shape[1])))  # K = 1: the second axis is 0
-    arrays = {"codes_train": codes_train.numpy(), "codes_test": codes_test.numpy(),
-              "labels_train": train_labels.numpy(), "labels_test": test_labels.numpy(), "pca_test": pca_test}
-    for name, array in arrays.items():
-        atomic_write(os.path.join(out, name + ".npy"), lambda f: np.save(f, array))
-    scatter = torch.from_numpy(scatter_image(pca_test, test_labels.numpy())).permute(2, 0, 1) / 255.0  # (3, H, W)
-    save_picture(os.path.join(out, "pca_test"), scatter, grey=False)
-
-    # 4. Quality on the whole test set, beside a baseline or the optimum.
-    if config["model"] == "bae":
-        metrics.update(bae_quality(model, config, train_images, test_images, device))
-    elif config["model"] == "dae":
-        metrics.update(dae_quality(model, config, test_images, device, randn_like))
-    else:
-        metrics.update(vae_quality(model, config, test_images, device, randn_like, is_images, is_samples, ae))
-
-    # 5. Pictures of the first test image of each digit 0-9, one per column.
-    show = torch.stack([torch.nonzero(test_labels == d)[0, 0] for d in range(10)])
-    s, x = next(fixed_inputs(test_images[show], dataset, device, SEEDS["test"]))  # (10, 1, 28, 28)
-    save_picture(os.path.join(out, "recon"), grid(recon_rows(model, config, s, x, randn_like)))
-    save_picture(os.path.join(out, "interpolation"), grid(interpolation_rows(model, config, s, x, randn_like)))
-    if config["model"] == "vae":
-        save_picture(os.path.join(out, "samples"), grid(sample_rows(model, config, device, gen, randn_like)))
-        save_picture(os.path.join(out, "traversal"), grid(traversal_rows(model, config, x)))
-
-    metrics.update({
-        "loss_history": history.get("loss_history"), "test_loss_history": history.get("test_loss_history"),
-        "train_seconds": history.get("train_seconds"), "samples_per_second": history.get("samples_per_second"),
-        "config": config, "device": str(device), "torch_version": torch.__version__,
-    })
+    say(f"evaluating: the codes of {splits.train_images.shape[0] + 10000} images and the linear probe")
+    (codes_train, codes_test), metrics = model_codes(model, config, splits, device)
+    say("evaluating: the same probe on the untrained encoder and on the inputs")
+    metrics["baselines"] = baselines(config, splits, device, data_dir)
+    save_codes(out, codes_train, codes_test, splits)
+    say("evaluating: quality beside " + {"bae": "PCA", "dae": "the optimal denoiser",
+                                         "vae": "the true model (and -log p(x) by importance sampling)"}[config["model"]])
+    metrics.update(quality(model, config, splits, device, gen, is_images, is_samples))
+    save_pictures(out, model, config, splits, device, gen)
+    metrics.update(run_record(history, config, device))
     atomic_write(os.path.join(out, "metrics.json"), lambda f: f.write(json.dumps(metrics, indent=2).encode()))
     print_summary(metrics)
     print(f"wrote metrics.json, codes, PCA and pictures to {out}")
     return metrics
 
 
+def save_codes(out, codes_train, codes_test, splits):
+    # The codes and labels as .npy, and the test codes projected to 2-D by their PCA, as points
+    # and as a picture.
+    mean, comps = pca(codes_test, min(2, codes_test.shape[1]))
+    pca_test = ((codes_test.double() - mean) @ comps.T).numpy()  # (N, K) -> (N, 2)
+    pca_test = np.pad(pca_test, ((0, 0), (0, 2 - pca_test.shape[1])))  # K = 1: the second axis is 0
+    arrays = {"codes_train": codes_train.numpy(), "codes_test": codes_test.numpy(),
+              "labels_train": splits.train_labels.numpy(), "labels_test": splits.test_labels.numpy(),
+              "pca_test": pca_test}
+    for name, array in arrays.items():
+        atomic_write(os.path.join(out, name + ".npy"), lambda f: np.save(f, array))
+    scatter = torch.from_numpy(scatter_image(pca_test, splits.test_labels.numpy())).permute(2, 0, 1) / 255.0  # (3, H, W)
+    save_picture(os.path.join(out, "pca_test"), scatter, grey=False)
+
+
 def print_summary(metrics):
-    b = metrics["baselines"]
-    print(f"probe_test_accuracy {metrics['probe_test_accuracy']:.4f}; the same probe on the pixels "
-          f"{b['pixels']:.4f}" + (f", their squares {b['pixels_squared']:.4f}" if "pixels_squared" in b else "")
-          + f", their PCA {b['pca']:.4f}, the untrained encoder {b['untrained']:.4f}")
-    skip = ("probe_test_accuracy", "train_seconds", "samples_per_second")
-    print("  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float) and k not in skip))
+    # A few labelled lines, each number beside what gives it meaning.
+    b, model = metrics["baselines"], metrics["config"]["model"]
+    lines = [f"probe: test accuracy {metrics['probe_test_accuracy']:.2%} (train {metrics['probe_train_accuracy']:.2%})",
+             f"  the same probe on the pixels {b['pixels']:.2%}"
+             + (f", their squares {b['pixels_squared']:.2%}" if "pixels_squared" in b else "")
+             + f", their PCA {b['pca']:.2%}, the untrained encoder {b['untrained']:.2%}"]
+    if model == "dae":
+        lines.append(f"  with the BatchNorm statistics of corrupted inputs: {metrics['probe_test_accuracy_unadapted']:.2%}")
+        lines.append(f"denoising: MSE {metrics['test_mse']:.5f}" + (
+            f", {metrics['mse_over_oracle']:.3f} x the optimal denoiser's {metrics['oracle_mse']:.5f}"
+            if "oracle_mse" in metrics else ""))
+    if model == "bae":
+        lines.append(f"reconstruction: MSE {metrics['test_mse']:.4f}, PCA with the same K {metrics['pca_test_mse']:.4f}")
+    if model == "vae":
+        true_model = "oracle_nll" in metrics  # varianceMNIST: the true model is known
+        lines.append(f"-ELBO: {metrics['test_neg_elbo']:.1f} nats per image (KL {metrics['test_kl']:.1f} + "
+                     f"reconstruction {metrics['test_nll']:.1f})"
+                     + (f"; the true model's NLL {metrics['oracle_nll']:.1f}" if true_model else ""))
+        lines.append(f"  first {metrics['subset_size']} test images: -ELBO {metrics['subset_neg_elbo']:.1f} >= "
+                     f"-log p(x) {metrics['test_nll_is']:.1f} ({metrics['is_samples']} samples of z)"
+                     + (f" >= the true model's {metrics['subset_oracle_nll']:.1f}" if true_model else ""))
+    print("\n".join(lines))
 
 
 # =================================================================================================
@@ -503,7 +536,11 @@ def atomic_write(path, write):
         raise
 
 
-class CheckpointError(Exception):
+class UserError(Exception):
+    """A mistake a person can fix; printed as one line, exit status 2. (train.py uses it too.)"""
+
+
+class CheckpointError(UserError):
     """A checkpoint that cannot be used; the message says why, in one line."""
 
 
@@ -544,17 +581,37 @@ def load_model(path, models):
     return model, config, ckpt.get("history", {})
 
 
+def load_splits(data_dir, train_size=60000):
+    """MNIST's two splits on the CPU, the training split cut to the first `train_size` images."""
+    train_images, train_labels = data.load_mnist(data_dir, train=True)
+    test_images, test_labels = data.load_mnist(data_dir, train=False)
+    return Splits(train_images[:train_size], train_labels[:train_size], test_images, test_labels)
+
+
+def run_record(history, config, device):
+    # What the run was: its losses and timings from training, its config, where it ran, the versions.
+    return {"loss_history": history.get("loss_history"), "test_loss_history": history.get("test_loss_history"),
+            "train_seconds": history.get("train_seconds"), "samples_per_second": history.get("samples_per_second"),
+            "config": config, "device": str(device), "torch_version": torch.__version__}
+
+
+def say(message):
+    # A line before each step that takes more than a few seconds, so that a long evaluation is
+    # never silent; flushed, so that it shows at once even when the output is a pipe or a file.
+    print(message, flush=True)
+
+
 BASELINES_VERSION = 1
 
 
-def cached_input_baselines(data_dir, train_images, train_labels, test_images, test_labels, dataset, k):
+def cached_input_baselines(data_dir, splits, dataset, k):
     # The input baselines depend only on the data, the evaluation's fixed noise and K, not on the
     # model, and the two 784-pixel probes take minutes on a small CPU: so they are computed once per
     # setting and kept in <data_dir>/MNIST/probe-baselines.json (delete it to recompute).
     path = os.path.join(data_dir, "MNIST", "probe-baselines.json")
     # Everything the numbers depend on is in the key; change BASELINES_VERSION with the code above.
-    key = (f"v{BASELINES_VERSION} {dataset} train={train_images.shape[0]} test={test_images.shape[0]} K={k} "
-           f"seeds={SEEDS['train']},{SEEDS['test']} probe={fit_probe.__defaults__} torch={torch.__version__}")
+    key = (f"v{BASELINES_VERSION} {dataset} train={splits.train_images.shape[0]} test={splits.test_images.shape[0]} "
+           f"K={k} seeds={SEEDS['train']},{SEEDS['test']} probe={fit_probe.__defaults__} torch={torch.__version__}")
     try:
         with open(path) as f:
             cache = json.load(f)
@@ -563,12 +620,15 @@ def cached_input_baselines(data_dir, train_images, train_labels, test_images, te
     if not isinstance(cache, dict):
         cache = {}
     if key not in cache:
-        cache[key] = input_baselines(flat_inputs(train_images, dataset, SEEDS["train"]), train_labels,
-                                     flat_inputs(test_images, dataset, SEEDS["test"]), test_labels, dataset, k)
+        say(f"  the probe on the {splits.train_images.shape[0]} training inputs' pixels: computed once for "
+            f"this setting (a few minutes on 2 CPU cores) and kept in {path}")
+        cache[key] = input_baselines(flat_inputs(splits.train_images, dataset, SEEDS["train"]), splits.train_labels,
+                                     flat_inputs(splits.test_images, dataset, SEEDS["test"]), splits.test_labels,
+                                     dataset, k)
         try:
             atomic_write(path, lambda f: f.write(json.dumps(cache, indent=1).encode()))
         except OSError:
-            pass  # a read-only data folder: recompute next time
+            say(f"  (could not write {path}: it will be computed again next time)")
     return cache[key]
 
 
@@ -623,9 +683,30 @@ def save_picture(path_stem, picture, grey=True):
 
 class OneLineParser(argparse.ArgumentParser):
     # argparse prints its whole usage on an error; a person needs just the line that says what
-    # was wrong, and where to look.
+    # was wrong, and where to look. (train.py uses it too.)
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def pick_device(name):
+    """torch.device for --device: auto picks cuda, then mps, then cpu. (train.py uses it too.)"""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available to this torch; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: no Apple MPS device is available to this torch; use --device cpu")
+    return torch.device(name)
+
+
+def file_error(e):
+    # One line for an OSError (a full disk, a folder removed or not writable). (train.py uses it too.)
+    where = f" ({e.filename})" if e.filename else ""
+    return f"could not read or write a file{where}: {e.strerror or e}"
 
 
 def main(argv=None):
@@ -645,28 +726,16 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.is_images < 1 or args.is_samples < 1:
         p.error("--is-images and --is-samples must be positive")
-    import data
-
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda: no CUDA GPU is available to this torch; use --device cpu", file=sys.stderr)
-        return 2
-    elif device == "mps" and not torch.backends.mps.is_available():
-        print("error: --device mps: no Apple MPS device is available to this torch; use --device cpu", file=sys.stderr)
-        return 2
     try:
-        evaluate_checkpoint(args.checkpoint, args.data_dir, device, args.is_images, args.is_samples)
+        evaluate_checkpoint(args.checkpoint, args.data_dir, pick_device(args.device), args.is_images, args.is_samples)
     except KeyboardInterrupt:
         print("interrupted: the files written so far are whole; run it again to redo them all", file=sys.stderr)
         return 130
-    except (CheckpointError, data.DataError) as e:
+    except (UserError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        where = f" ({e.filename})" if e.filename else ""
-        print(f"error: could not read or write a file{where}: {e.strerror or e}", file=sys.stderr)
+        print(f"error: {file_error(e)}", file=sys.stderr)
         return 1
     return 0
 

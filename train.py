@@ -94,7 +94,7 @@ def train(model, config, train_images, test_images, out, checkpoint=None):
 
     Saves the training state to out/resume.pt at the start and after every epoch; `checkpoint` (a
     resume.pt read back) continues from the epoch it holds."""
-    loss_fn, device = loss_function(config), train_images.device
+    loss_fn, device = loss_function(config), train_images.device  # the loss: ae.py, chosen by --model
     # betas (0.9, 0.99): Adam's average of squared gradients spans ~100 steps instead of ~1000, so
     # the step size follows the gradients' scale in these short runs. fused: one kernel per update.
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], betas=(0.9, 0.99),
@@ -113,8 +113,7 @@ def train(model, config, train_images, test_images, out, checkpoint=None):
     for epoch in range(start, config["epochs"]):
         # the order is drawn on the CPU, so it is the same on every device: (steps, B) image indices
         batches = torch.randperm(n).to(device)[: steps * bs].view(steps, bs)
-        losses = torch.zeros(steps, device=device)
-        t0 = time.perf_counter()
+        losses, t0 = torch.zeros(steps, device=device), time.perf_counter()  # bookkeeping
         for step in range(steps):
             x = data.make_batch(train_images[batches[step]], config["dataset"])  # (B, 1, 28, 28)
             loss = loss_fn(model, x)
@@ -122,17 +121,8 @@ def train(model, config, train_images, test_images, out, checkpoint=None):
             loss.backward()
             optimizer.step()
             schedule.step()  # the learning rate for the next step
-            losses[step] = loss.detach()  # stays on the device: no waiting for a GPU every step
-        losses = losses.cpu()  # waits for the last step, so the time is right on a GPU too
-        seconds = time.perf_counter() - t0
-        stop_if_not_finite(losses, epoch, out)
-        history["loss_history"].append(losses.double().mean().item())
-        history["test_loss_history"].append(test_loss(model, loss_fn, test_images, config["dataset"], bs))
-        history["train_seconds"] += seconds
-        save_training_state(out, model, optimizer, schedule, config, history, epoch=epoch + 1)
-        print(f"epoch {epoch + 1:3d}/{config['epochs']}  train loss {history['loss_history'][-1]:10.4f}  "
-              f"test loss {history['test_loss_history'][-1]:10.4f}  {seconds:6.1f} s  "
-              f"{steps * bs / seconds:7.0f} img/s", flush=True)
+            losses[step] = loss.detach()  # bookkeeping: kept on the device, no wait for a GPU each step
+        end_of_epoch(model, optimizer, schedule, config, history, losses, bs, t0, epoch, test_images, out)
     history["samples_per_second"] = config["epochs"] * steps * bs / history["train_seconds"]
     return history
 
@@ -194,8 +184,9 @@ def run(args):
 # =================================================================================================
 
 
-class UserError(Exception):
-    """A mistake a person can fix; printed as one line, exit status 2."""
+# A mistake a person can fix; printed as one line, exit status 2. The class is evaluate.py's, so
+# that a bad --device or checkpoint reads the same from both commands.
+UserError = evaluate.UserError
 
 
 class TrainingStopped(Exception):
@@ -209,7 +200,7 @@ def main(argv=None):
     except KeyboardInterrupt:  # Ctrl-C before or after training (loading data, evaluating)
         print("interrupted", file=sys.stderr)
         return 130
-    except (UserError, data.DataError, evaluate.CheckpointError) as e:
+    except (UserError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingStopped as e:
@@ -217,17 +208,9 @@ def main(argv=None):
         return 1
     except OSError as e:  # a full disk, a folder removed under us: every save is atomic, so
         # whatever was in --out before is still whole
-        where = f" ({e.filename})" if e.filename else ""
-        print(f"error: could not read or write a file{where}: {e.strerror or e}; the last model.pt "
-              f"and resume.pt, if any, are whole", file=sys.stderr)
+        print(f"error: {evaluate.file_error(e)}; the last model.pt and resume.pt, if any, are whole",
+              file=sys.stderr)
         return 1
-
-
-class OneLineParser(argparse.ArgumentParser):
-    # argparse prints its whole usage on an error; a person needs just the line that says what
-    # was wrong, and where to look.
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def get_parser():
@@ -238,7 +221,7 @@ def get_parser():
         return "; ".join(f"{model} " + ", ".join(f"{k} {v}" for k, v in d["long"].items())
                          for model, d in DEFAULTS.items())
 
-    p = OneLineParser(description="Train and evaluate a bottleneck, denoising or variational autoencoder.")
+    p = evaluate.OneLineParser(description="Train and evaluate a bottleneck, denoising or variational autoencoder.")
     p.add_argument("--model", required=True, choices=sorted(ae.MODELS), help="which autoencoder")
     p.add_argument("--dataset", choices=["mnist", "variance"],
                    help="mnist or varianceMNIST (default: mnist for bae, variance for dae and vae)")
@@ -249,7 +232,8 @@ def get_parser():
                         f"everything else as without it)")
     p.add_argument("--batch-size", type=positive(int), help=f"images per step (default: {per_model('batch_size')})")
     p.add_argument("--lr", type=positive(float),
-                   help=f"Adam's learning rate, the peak of warmup_cosine (default: {per_model('lr')})")
+                   help=f"Adam's learning rate: the peak of warmup_cosine, or the rate throughout with "
+                        f"constant (default: {per_model('lr')})")
     p.add_argument("--lr-schedule", choices=sorted(SCHEDULES),
                    help=f"the learning rate over the run: warmup_cosine, a short warm-up then a cosine decay "
                         f"to zero; constant, the same throughout (default: {SHARED_DEFAULTS['lr_schedule']})")
@@ -321,27 +305,15 @@ def make_config(args):
     return config
 
 
-def pick_device(name):
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available to this torch; use --device cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps: no Apple MPS device is available to this torch; use --device cpu")
-    return torch.device(name)
-
-
 def settings(args):
     """(config, device, out, checkpoint): every check that can fail before any data is read."""
     config = make_config(args)
-    if config["model"] != "bae" and min(config["batch_size"], config["train_size"]) < 2:
-        raise UserError("the conv encoder's BatchNorm needs at least 2 images a batch; use a "
+    if config["model"] == "vae" and min(config["batch_size"], config["train_size"]) < 2:
+        # the VAE's BatchNorm1d on the 250 features has one value per image: a batch of one has no
+        # variance to normalise by (the DAE's BatchNorm layers are all 2-D and work on one image)
+        raise UserError("the VAE's BatchNorm on its 250 features needs at least 2 images a batch; use a "
                         "larger --batch-size (and --train-size)")
-    device = pick_device(args.device)
+    device = evaluate.pick_device(args.device)
     out = check_out(args, config)
     if not args.resume:
         return config, device, out, None
@@ -445,6 +417,21 @@ def set_rng_state(state, device):
         torch.cuda.set_rng_state(state["device"], device)
     elif device.type == "mps" and state["device"] is not None:
         torch.mps.set_rng_state(state["device"])
+
+
+def end_of_epoch(model, optimizer, schedule, config, history, losses, bs, t0, epoch, test_images, out):
+    # The bookkeeping after each epoch: stop if the loss is not finite, record the epoch's mean
+    # loss, the test loss and the time, save the training state for --resume, print one line.
+    losses = losses.cpu()  # waits for the last step, so the time is right on a GPU too
+    seconds = time.perf_counter() - t0
+    stop_if_not_finite(losses, epoch, out)
+    history["loss_history"].append(losses.double().mean().item())
+    history["test_loss_history"].append(test_loss(model, loss_function(config), test_images, config["dataset"], bs))
+    history["train_seconds"] += seconds
+    save_training_state(out, model, optimizer, schedule, config, history, epoch=epoch + 1)
+    print(f"epoch {epoch + 1:3d}/{config['epochs']}  train loss {history['loss_history'][-1]:10.4f}  "
+          f"test loss {history['test_loss_history'][-1]:10.4f}  {seconds:6.1f} s  "
+          f"{losses.shape[0] * bs / seconds:7.0f} img/s", flush=True)
 
 
 def stop_if_not_finite(losses, epoch, out):

@@ -33,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 import ae  # noqa: E402
+import evaluate  # noqa: E402
 import train  # noqa: E402
 
 # The original implementation: its published probe accuracy (one run each), and its training time
@@ -133,8 +134,8 @@ def main():
         p.exit(2, f"benchmark.py: error: --seeds {args.seeds!r}: give whole numbers separated by commas, e.g. 0,1,2\n")
     os.makedirs(args.out, exist_ok=True)
     try:
-        device = train.pick_device(args.device)  # the device train.py will pick for the same --device
-    except train.UserError as e:
+        device = evaluate.pick_device(args.device)  # the device train.py will pick for the same --device
+    except evaluate.UserError as e:
         p.exit(2, f"benchmark.py: error: {e}\n")
     peak = matmul_flops(device)
     print(f"fp32 matmul peak on {device}: {peak / 1e9:.1f} GFLOP/s, {torch.get_num_threads()} threads", flush=True)

@@ -68,6 +68,14 @@ def test_train_then_evaluate(model, mnist_dir, tmp_path):
         x = s if model == "bae" else s * torch.randn(s.shape, generator=torch.Generator().manual_seed(evaluate.SEEDS["test"]))
         with torch.no_grad():
             np.testing.assert_allclose(net.encode(x), codes_test[:5], rtol=1e-4, atol=1e-5)
+    else:  # the DAE's reported codes are those of a copy with BatchNorm statistics of clean inputs
+        net = ae.DenoisingAE(10).eval()
+        net.load_state_dict(ckpt["model"])
+        train_images, _ = data.load_mnist(mnist_dir, train=True)
+        adapted = evaluate.encoder_for_codes(net, train_images[:2000], "variance", "cpu")
+        own, clean = (evaluate.codes_of(m, images[:5], "variance", "cpu", evaluate.SEEDS["test"]) for m in (net, adapted))
+        np.testing.assert_allclose(clean, codes_test[:5], rtol=1e-4, atol=1e-5)
+        assert not np.allclose(own, codes_test[:5], rtol=1e-2, atol=1e-2)  # the model's own statistics differ
 
     scatter = np.asarray(Image.open(out / "pca_test.ppm"))
     assert scatter.ndim == 3 and len(np.unique(scatter.reshape(-1, 3), axis=0)) > 10

@@ -166,14 +166,12 @@ class ConstantMask(torch.nn.Module):
 def test_dae_oracle_on_constant_images():
     images = torch.full((2000, 1, 28, 28), 128, dtype=torch.uint8)
     s2, sigma2 = (128 / 255) ** 2, 0.2 ** 2
-    gen = torch.Generator().manual_seed(0)
-    randn_like = lambda t: torch.randn(t.shape, generator=gen)  # noqa: E731
     config = {"noise_std": 0.2, "dataset": "variance"}
-    m = evaluate.dae_quality(ConstantMask(s2 / (s2 + sigma2)), config, images, "cpu", randn_like)
+    m = evaluate.dae_quality(ConstantMask(s2 / (s2 + sigma2)), config, images, "cpu", torch.Generator().manual_seed(0))
     assert m["mse_over_oracle"] == pytest.approx(1.0, abs=1e-5)  # the same draws, the same denoiser
     # closed form: E[(k x~ - x)^2] = s^2 sigma_n^2 / (s^2 + sigma_n^2); 1.6M pixels, se ~0.1%
     assert m["oracle_mse"] == pytest.approx(s2 * sigma2 / (s2 + sigma2), rel=0.01)
-    worse = evaluate.dae_quality(ConstantMask(1.0), config, images, "cpu", randn_like)  # no denoising
+    worse = evaluate.dae_quality(ConstantMask(1.0), config, images, "cpu", torch.Generator().manual_seed(0))  # no denoising
     assert worse["mse_over_oracle"] == pytest.approx(sigma2 / (s2 * sigma2 / (s2 + sigma2)), rel=0.01)
 
 
@@ -190,9 +188,8 @@ def test_vae_oracle_nll_on_constant_images():
     images = torch.cat([torch.full((10, 1, 28, 28), 128, dtype=torch.uint8), torch.zeros(10, 1, 28, 28, dtype=torch.uint8)])
     torch.manual_seed(0)
     model = ae.VAE(3).eval()
-    gen = torch.Generator().manual_seed(0)
-    m = evaluate.vae_quality(model, {"dataset": "variance"}, images, "cpu",
-                             lambda t: torch.randn(t.shape, generator=gen), is_images=10, is_samples=3, ae=ae)
+    m = evaluate.vae_quality(model, {"dataset": "variance"}, images, "cpu", torch.Generator().manual_seed(0),
+                             is_images=10, is_samples=3)
     assert m["oracle_nll"] == pytest.approx((closed(128 / 255) + closed(0)) / 2, rel=1e-6)
     assert m["subset_oracle_nll"] == pytest.approx(closed(128 / 255), rel=1e-6)  # the first 10 images
     assert m["subset_size"] == 10 and m["is_samples"] == 3
@@ -271,3 +268,60 @@ def test_adapt_batchnorm_sets_the_statistics_of_the_given_batches():
             assert torch.equal(v, weights[k]), k
     assert torch.all(model.decoder[-1].running_var == 3.0)
     assert not model.training
+
+
+def test_input_baselines_fit_the_pca_on_the_training_inputs():
+    # The label is in pixel 0 alone. In the training inputs pixel 0 also has the largest variance;
+    # in the test inputs pixel 1 has a far larger one, unrelated to the label. A 1-dim PCA fitted on
+    # the training inputs keeps pixel 0 and reads the label; one fitted on the test inputs would
+    # keep pixel 1 and be at chance.
+    gen = torch.Generator().manual_seed(0)
+
+    def draw(n, loud_pixel_1):
+        y = torch.randint(0, 2, (n,), generator=gen)
+        x = 0.1 * torch.randn(n, 5, generator=gen)
+        x[:, 0] += 3.0 * (2 * y - 1)  # the label, +-3
+        if loud_pixel_1:
+            x[:, 1] *= 300.0  # std 30: the largest variance, and no information
+        return x, y
+
+    x, y = draw(2000, loud_pixel_1=False)
+    xt, yt = draw(2000, loud_pixel_1=True)
+    assert evaluate.input_baselines(x, y, xt, yt, "mnist", 1)["pca"] > 0.99
+
+
+def test_interpolation_rows_decode_the_line_between_each_pair():
+    # Oracle: the decoded codes (1 - t) z_a + t z_b, t = 0, 1/9, ..., 1, for the pairs (0, 1), (2, 3),
+    # ..., computed here one by one, with each pair's digits at the two ends of its row.
+    torch.manual_seed(0)
+    model = ae.BottleneckAE(3).eval()
+    s = torch.rand(10, 1, 28, 28)
+    config = {"model": "bae", "dataset": "mnist", "noise_std": 0.2}
+    rows = evaluate.interpolation_rows(model, config, s, s, torch.Generator().manual_seed(0))
+    assert len(rows) == 5
+    with torch.no_grad():
+        z = model.encode(s)
+        for r in range(5):
+            a, b = 2 * r, 2 * r + 1
+            assert rows[r].shape == (12, 1, 28, 28)
+            assert torch.equal(rows[r][0], s[a]) and torch.equal(rows[r][11], s[b])
+            for i in range(10):
+                t = i / 9
+                expected = model.decoder(((1 - t) * z[a] + t * z[b])[None]).clamp(0, 1)[0]
+                torch.testing.assert_close(rows[r][1 + i], expected, rtol=0, atol=1e-5)
+
+
+def test_dae_interpolation_encodes_corrupted_inputs():
+    # The DAE's decoder learned from codes of corrupted inputs, so its interpolation encodes
+    # x~ = x + sigma_n n with the noise from the generator it is given; its rows are masks.
+    torch.manual_seed(0)
+    model = ae.DenoisingAE(3).eval()
+    s = torch.rand(10, 1, 28, 28)
+    x = s * torch.randn(10, 1, 28, 28)
+    config = {"model": "dae", "dataset": "variance", "noise_std": 0.5}
+    rows = evaluate.interpolation_rows(model, config, s, x, torch.Generator().manual_seed(7))
+    x_noisy = x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        z = model.encode(x_noisy)
+        torch.testing.assert_close(rows[0][1], torch.sigmoid(model.decoder(z[:1]))[0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(rows[4][10], torch.sigmoid(model.decoder(z[9:10]))[0], rtol=0, atol=1e-6)

@@ -38,6 +38,8 @@ BAD_ARGUMENTS = [
     (["--model", "bae", "--epochs", "two"], "--epochs: expected an integer"),
     (["--model", "bae", "--lr", "inf"], "--lr: must be positive and finite"),
     ([], "--model"),
+    (["--model", "vae", "--batch-size", "1"], "the VAE's BatchNorm on its 250 features needs at least 2 images a batch"),
+    (["--model", "vae", "--train-size", "1"], "needs at least 2 images a batch"),
 ]
 
 
@@ -62,6 +64,16 @@ def test_cuda_requested_without_a_gpu(tmp_path, mnist_dir, capsys):
                                   "--out", tmp_path / "out"], capsys)
     assert_clean_error(proc, "no CUDA GPU", "--device cpu")
     assert not (tmp_path / "out").exists()
+    proc = call_main(evaluate.main, [tmp_path / "model.pt", "--device", "cuda", "--data-dir", mnist_dir], capsys)
+    assert_clean_error(proc, "no CUDA GPU", "--device cpu")  # evaluate.py says the same
+
+
+def test_dae_trains_on_batches_of_one(tmp_path, mnist_dir, capsys):
+    # Its BatchNorm layers are all 2-D: one image still has 576 or 400 values per channel.
+    proc = call_main(train.main, ["--model", "dae", "--train-size", "3", "--batch-size", "1", "--epochs", "1",
+                                  "--no-eval", "--data-dir", mnist_dir, "--out", tmp_path / "out"], capsys)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "model.pt").exists()
 
 
 def test_missing_data(tmp_path, capsys, monkeypatch):
