@@ -94,6 +94,35 @@ def probe_accuracy(train_codes, train_labels, test_codes, test_labels):
 
 
 # -------------------------------------------------------------------------------------------------
+# A non-linear readout beside the linear probe: the majority digit of the nearest training codes.
+#
+# The probe asks whether flat boundaries in code space separate the digits; the k-nearest-neighbour
+# readout only whether codes of the same digit lie near each other. Where it reads much more than
+# the probe, the code holds the digit in a form a line cannot read. The distances are taken after
+# the probe's standardisation, so that every code dimension counts alike.
+
+
+def nearest_training_codes(train_codes, query_codes, k, chunk=500):
+    """Indices (M, k) of the k training codes (N, K) nearest to each query code (M, K), nearest first."""
+    X = train_codes.detach().double().cpu()
+    mean, std = X.mean(0), X.std(0).clamp_min(1e-12)
+    X = (X - mean) / std
+    x_sq = X.pow(2).sum(1)  # (N,)
+    nearest = []
+    for q in query_codes.detach().double().cpu().split(chunk):
+        q = (q - mean) / std
+        dist_sq = q.pow(2).sum(1, keepdim=True) - 2 * q @ X.T + x_sq  # ||q - x||^2, (chunk, N)
+        nearest.append(dist_sq.topk(k, dim=1, largest=False).indices)
+    return torch.cat(nearest)
+
+
+def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k=10, n_classes=10):
+    # each test code gets the digit most of its k nearest training codes have (a tie: the smaller digit)
+    votes = F.one_hot(train_labels.cpu()[nearest_training_codes(train_codes, test_codes, k)], n_classes).sum(1)  # (M, 10)
+    return (votes.argmax(1) == test_labels.cpu()).double().mean().item()
+
+
+# -------------------------------------------------------------------------------------------------
 # PCA: the eigenvectors of the covariance matrix of the centred data.
 
 
@@ -207,7 +236,17 @@ def model_codes(model, config, splits, device):
     predict = fit_probe(codes_train, splits.train_labels)
     metrics["probe_train_accuracy"] = accuracy(predict, codes_train, splits.train_labels)
     metrics["probe_test_accuracy"] = accuracy(predict, codes_test, splits.test_labels)
+    metrics["knn_test_accuracy"] = knn_accuracy(codes_train, splits.train_labels, codes_test, splits.test_labels)
+    if config["model"] == "vae":
+        metrics["active_units"] = active_units(codes_test)
     return (codes_train, codes_test), metrics
+
+
+def active_units(posterior_means, threshold=0.01):
+    # A code dimension is in use when its posterior mean moves with the image: its variance over
+    # the test images above 0.01 (Burda et al., 2015). A collapsed dimension has q(z_j | x) = p(z_j)
+    # for every x, so its mean sits at 0 and it carries nothing (its KL is 0 too).
+    return int((posterior_means.double().var(0) > threshold).sum())
 
 
 # -------------------------------------------------------------------------------------------------
@@ -222,13 +261,20 @@ def model_codes(model, config, splits, device):
 
 def input_baselines(train_x, train_labels, test_x, test_labels, dataset, k):
     """Probe test accuracies on the inputs (N, 784): pixels, pixels_squared (varianceMNIST), pca."""
+    return {**pixel_baselines(train_x, train_labels, test_x, test_labels, dataset),
+            "pca": pca_baseline(train_x, train_labels, test_x, test_labels, k)}
+
+
+def pixel_baselines(train_x, train_labels, test_x, test_labels, dataset):
     result = {"pixels": probe_accuracy(train_x, train_labels, test_x, test_labels)}
     if dataset == "variance":
         result["pixels_squared"] = probe_accuracy(train_x ** 2, train_labels, test_x ** 2, test_labels)
-    mean, comps = pca(train_x, k)  # fitted on the training inputs
-    result["pca"] = probe_accuracy((train_x.double() - mean) @ comps.T, train_labels,
-                                   (test_x.double() - mean) @ comps.T, test_labels)
     return result
+
+
+def pca_baseline(train_x, train_labels, test_x, test_labels, k):
+    mean, comps = pca(train_x, k)  # fitted on the training inputs
+    return probe_accuracy((train_x.double() - mean) @ comps.T, train_labels, (test_x.double() - mean) @ comps.T, test_labels)
 
 
 def untrained_model(model_class, config):
@@ -271,43 +317,57 @@ def bae_quality(model, config, train_images, test_images, device):
 def dae_quality(model, config, test_images, device, gen):
     # Denoising MSE beside the Bayes-optimal denoiser that knows each pixel's true variance s^2:
     #     g*(x~) = x~ * s^2 / (s^2 + sigma_n^2)      (ae.optimal_mask, derived in ae.py)
-    # The ratio is >= 1 up to sampling noise; 1 means the DAE denoises as well as possible.
-    # `gen`: the CPU generator of the corruption noise.
-    sigma_n, sq, oracle_sq, n = config["noise_std"], 0.0, 0.0, test_images.shape[0] * 784
+    # The ratio is >= 1 up to sampling noise; 1 means the DAE denoises as well as possible. The
+    # excess over the optimum is split by where the pixel is: on the digit's strokes (s > 0) or on
+    # the background (s = 0, where the optimal mask is exactly 0). `gen`: the corruption's noise.
+    sigma_n, n = config["noise_std"], test_images.shape[0] * 784
+    sq = oracle_sq = stroke = background = 0.0
     for s, x in fixed_inputs(test_images, config["dataset"], device, SEEDS["test"]):
         x_noisy = ae.corrupt(x, sigma_n, gen)
-        sq += (model(x_noisy) - x).pow(2).sum().item()
-        oracle_sq += (x_noisy * ae.optimal_mask(s, sigma_n) - x).pow(2).sum().item()
+        err, oracle_err = (model(x_noisy) - x).pow(2), (x_noisy * ae.optimal_mask(s, sigma_n) - x).pow(2)
+        sq, oracle_sq = sq + err.sum().item(), oracle_sq + oracle_err.sum().item()
+        excess = (err - oracle_err).double()  # (B, 1, 28, 28)
+        stroke, background = stroke + excess[s > 0].sum().item(), background + excess[s == 0].sum().item()
     metrics = {"test_mse": sq / n}
     if config["dataset"] == "variance" and sigma_n > 0:  # the oracle assumes varianceMNIST
-        metrics.update(oracle_mse=oracle_sq / n, mse_over_oracle=sq / oracle_sq)
+        metrics.update(oracle_mse=oracle_sq / n, mse_over_oracle=sq / oracle_sq,
+                       excess_mse={"stroke_pixels": stroke / n, "background_pixels": background / n})
     return metrics
 
 
-def oracle_nll(s, min_logvar):
+def oracle_nll(s, min_logvar, per_pixel=False):
     # The expected negative log-likelihood of the true generative model of varianceMNIST with the
     # VAE's variance floor, pixel variance v = max(s^2, exp(min_logvar)), per image (B,):
     #     E_x[-log N(x | 0, v)] = 1/2 * sum_i (log v_i + s_i^2 / v_i)      (since E[x_i^2] = s_i^2)
     # No model with this floor can beat it on average, so the gap is what the VAE still misses.
     v = s.pow(2).clamp_min(np.exp(min_logvar))
-    return 0.5 * (v.log() + s.pow(2) / v).flatten(1).sum(1)
+    nll = 0.5 * (v.log() + s.pow(2) / v)  # s's shape: one term per pixel
+    return nll if per_pixel else nll.flatten(1).sum(1)
 
 
 @torch.no_grad()
 def vae_quality(model, config, test_images, device, gen, is_images, is_samples):
     # Negative ELBO per test image (nats, without the 784/2 log 2pi constant), one fixed sample of
     # z per image (from `gen`, a CPU generator), beside the true model's expected negative
-    # log-likelihood (oracle_nll).
-    kl = nll = oracle = 0.0
+    # log-likelihood (oracle_nll). The distance between them is split three ways: the KL term (what
+    # the code costs), and the reconstruction term's excess over the true model on the digit's
+    # stroke pixels (s > 0) and on the background (s = 0, where the true variance is the floor).
+    # The KL is also kept per code dimension: a dimension with KL ~0 is unused ("collapsed").
+    kl, nll, oracle, stroke, background, kl_per_dimension = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     for s, x in fixed_inputs(test_images, config["dataset"], device, SEEDS["test"]):
         kl_terms, nll_terms = ae.neg_elbo_terms(model, x, gen)  # (B, K), (B, 1, 28, 28)
         kl += kl_terms.sum(dim=1).sum().item()
         nll += nll_terms.flatten(1).sum(dim=1).sum().item()
+        kl_per_dimension = kl_per_dimension + kl_terms.double().sum(0).cpu()  # (K,)
         oracle += oracle_nll(s, model.min_logvar.item()).sum().item()
+        excess = (nll_terms - oracle_nll(s, model.min_logvar.item(), per_pixel=True)).double()
+        stroke, background = stroke + excess[s > 0].sum().item(), background + excess[s == 0].sum().item()
     n = test_images.shape[0]
-    metrics = {"test_neg_elbo": (kl + nll) / n, "test_kl": kl / n, "test_nll": nll / n}
+    metrics = {"test_neg_elbo": (kl + nll) / n, "test_kl": kl / n, "test_nll": nll / n,
+               "kl_per_dimension": (kl_per_dimension / n).tolist()}
     if config["dataset"] == "variance":
         metrics["oracle_nll"] = oracle / n
+        metrics["gap_to_true_model"] = {"kl": kl / n, "stroke_pixels": stroke / n, "background_pixels": background / n}
     # The two gaps, on the first `is_images` test images: -ELBO >= -log p(x) (the bound's slack,
     # from q(z | x) not being the true posterior) >= the true model's NLL (what the model misses).
     gen = torch.Generator().manual_seed(SEEDS["likelihood"])
@@ -400,16 +460,25 @@ def interpolation_rows(model, config, s, x, gen, steps=10):
 
 
 @torch.no_grad()
-def traversal_rows(model, config, x, steps=9):
-    """VAE: one row per code dimension d, the predictive std of z = mu + c e_d, c from -3 to +3."""
+def traversal_rows(model, config, x, kl_per_dimension, steps=9):
+    """VAE: one row per code dimension d, the predictive std of z = mu + c e_d, c from -3 to +3;
+    the dimensions in order of their KL, most informative first, so collapsed ones come last."""
     mu = model.encode(x[:1])  # (1, K), the posterior mean of one digit
     c = torch.linspace(-3, 3, steps, device=mu.device)
     rows = []
-    for d in range(mu.shape[1]):
+    for d in torch.tensor(kl_per_dimension).argsort(descending=True, stable=True).tolist():
         z = mu.repeat(steps, 1)  # (steps, K)
         z[:, d] += c
         rows.append(decoded_shape(model, config, z))
     return rows
+
+
+def neighbour_rows(splits, codes_train, codes_test, show, k=8):
+    """One row per shown test digit: the digit, then the k training images whose codes are nearest
+    to its code (nearest first), as MNIST intensities."""
+    nearest = nearest_training_codes(codes_train, codes_test[show], k)  # (10, k)
+    return [to_unit(data.to_float(torch.cat([splits.test_images[i:i + 1], splits.train_images[row]])))
+            for i, row in zip(show.tolist(), nearest)]
 
 
 @torch.no_grad()
@@ -424,15 +493,17 @@ def sample_rows(model, config, device, gen, n=50):
     return rows
 
 
-def save_pictures(out, model, config, splits, device, gen):
-    """recon, interpolation (and the VAE's samples, traversal) of the first test image of each digit."""
+def save_pictures(out, model, config, splits, codes, metrics, device, gen):
+    """recon, interpolation, neighbours (and the VAE's samples, traversal) of the first test image of
+    each digit; codes: (train, test) codes, for the neighbours; metrics: the VAE's KL per dimension."""
     show = torch.stack([torch.nonzero(splits.test_labels == d)[0, 0] for d in range(10)])
     s, x = next(fixed_inputs(splits.test_images[show], config["dataset"], device, SEEDS["test"]))  # (10, 1, 28, 28)
     save_picture(os.path.join(out, "recon"), grid(recon_rows(model, config, s, x, gen)))
     save_picture(os.path.join(out, "interpolation"), grid(interpolation_rows(model, config, s, x, gen)))
+    save_picture(os.path.join(out, "neighbours"), grid(neighbour_rows(splits, *codes, show)))
     if config["model"] == "vae":
         save_picture(os.path.join(out, "samples"), grid(sample_rows(model, config, device, gen)))
-        save_picture(os.path.join(out, "traversal"), grid(traversal_rows(model, config, x)))
+        save_picture(os.path.join(out, "traversal"), grid(traversal_rows(model, config, x, metrics["kl_per_dimension"])))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -448,18 +519,18 @@ def evaluate_checkpoint(path, data_dir, device="cpu", is_images=IS_IMAGES, is_sa
     model, config, history = load_model(path, ae.MODELS)
     model.to(device).eval()
     out = os.path.dirname(os.path.abspath(path))
-    splits = load_splits(data_dir, config["train_size"])  # the probe is fitted on the images the model trained on
+    splits = load_splits(data_dir, config.get("train_size", 60000))  # the probe is fitted on the images the model trained on
     gen = torch.Generator().manual_seed(SEEDS["model"])  # the fixed noise of the quality numbers and pictures
 
     say(f"evaluating: the codes of {splits.train_images.shape[0] + 10000} images and the linear probe")
-    (codes_train, codes_test), metrics = model_codes(model, config, splits, device)
+    codes, metrics = model_codes(model, config, splits, device)  # codes: (train (N, K), test (10000, K))
     say("evaluating: the same probe on the untrained encoder and on the inputs")
     metrics["baselines"] = baselines(config, splits, device, data_dir)
-    save_codes(out, codes_train, codes_test, splits)
+    save_codes(out, *codes, splits)
     say("evaluating: quality beside " + {"bae": "PCA", "dae": "the optimal denoiser",
                                          "vae": "the true model (and -log p(x) by importance sampling)"}[config["model"]])
     metrics.update(quality(model, config, splits, device, gen, is_images, is_samples))
-    save_pictures(out, model, config, splits, device, gen)
+    save_pictures(out, model, config, splits, codes, metrics, device, gen)
     metrics.update(run_record(history, config, device))
     atomic_write(os.path.join(out, "metrics.json"), lambda f: f.write(json.dumps(metrics, indent=2).encode()))
     print_summary(metrics)
@@ -485,15 +556,17 @@ def save_codes(out, codes_train, codes_test, splits):
 def print_summary(metrics):
     # A few labelled lines, each number beside what gives it meaning.
     b, model = metrics["baselines"], metrics["config"]["model"]
-    lines = [f"probe: test accuracy {metrics['probe_test_accuracy']:.2%} (train {metrics['probe_train_accuracy']:.2%})",
+    lines = [f"probe: test accuracy {metrics['probe_test_accuracy']:.2%} (train {metrics['probe_train_accuracy']:.2%}); "
+             f"the 10 nearest training codes' majority {metrics['knn_test_accuracy']:.2%}",
              f"  the same probe on the pixels {b['pixels']:.2%}"
              + (f", their squares {b['pixels_squared']:.2%}" if "pixels_squared" in b else "")
              + f", their PCA {b['pca']:.2%}, the untrained encoder {b['untrained']:.2%}"]
     if model == "dae":
         lines.append(f"  with the BatchNorm statistics of corrupted inputs: {metrics['probe_test_accuracy_unadapted']:.2%}")
         lines.append(f"denoising: MSE {metrics['test_mse']:.5f}" + (
-            f", {metrics['mse_over_oracle']:.3f} x the optimal denoiser's {metrics['oracle_mse']:.5f}"
-            if "oracle_mse" in metrics else ""))
+            f", {metrics['mse_over_oracle']:.3f} x the optimal denoiser's {metrics['oracle_mse']:.5f}; the excess "
+            f"{metrics['excess_mse']['stroke_pixels']:.5f} on the strokes, {metrics['excess_mse']['background_pixels']:.5f} "
+            f"on the background" if "oracle_mse" in metrics else ""))
     if model == "bae":
         lines.append(f"reconstruction: MSE {metrics['test_mse']:.4f}, PCA with the same K {metrics['pca_test_mse']:.4f}")
     if model == "vae":
@@ -501,9 +574,15 @@ def print_summary(metrics):
         lines.append(f"-ELBO: {metrics['test_neg_elbo']:.1f} nats per image (KL {metrics['test_kl']:.1f} + "
                      f"reconstruction {metrics['test_nll']:.1f})"
                      + (f"; the true model's NLL {metrics['oracle_nll']:.1f}" if true_model else ""))
+        if true_model:
+            gap = metrics["gap_to_true_model"]
+            lines.append(f"  the {metrics['test_neg_elbo'] - metrics['oracle_nll']:.1f} nats to the true model: KL "
+                         f"{gap['kl']:.1f}, strokes {gap['stroke_pixels']:.1f}, background {gap['background_pixels']:.1f}")
         lines.append(f"  first {metrics['subset_size']} test images: -ELBO {metrics['subset_neg_elbo']:.1f} >= "
                      f"-log p(x) {metrics['test_nll_is']:.1f} ({metrics['is_samples']} samples of z)"
                      + (f" >= the true model's {metrics['subset_oracle_nll']:.1f}" if true_model else ""))
+        lines.append(f"  code dimensions in use: {metrics['active_units']} of {len(metrics['kl_per_dimension'])}; KL of "
+                     f"each: {' '.join(f'{v:.1f}' for v in sorted(metrics['kl_per_dimension'], reverse=True))}")
     print("\n".join(lines))
 
 
@@ -516,7 +595,8 @@ def print_summary(metrics):
 # What evaluate_checkpoint writes beside model.pt (train.py removes them when it replaces model.pt).
 OUTPUTS = ["metrics.json", "codes_train.npy", "codes_test.npy", "labels_train.npy", "labels_test.npy",
            "pca_test.npy", "pca_test.ppm", "pca_test.png", "recon.pgm", "recon.png", "interpolation.pgm",
-           "interpolation.png", "samples.pgm", "samples.png", "traversal.pgm", "traversal.png"]
+           "interpolation.png", "neighbours.pgm", "neighbours.png", "samples.pgm", "samples.png", "traversal.pgm",
+           "traversal.png"]
 
 
 def atomic_write(path, write):
@@ -601,17 +681,18 @@ def say(message):
     print(message, flush=True)
 
 
-BASELINES_VERSION = 1
+BASELINES_VERSION = 2
 
 
 def cached_input_baselines(data_dir, splits, dataset, k):
-    # The input baselines depend only on the data, the evaluation's fixed noise and K, not on the
-    # model, and the two 784-pixel probes take minutes on a small CPU: so they are computed once per
-    # setting and kept in <data_dir>/MNIST/probe-baselines.json (delete it to recompute).
+    # The input baselines depend only on the data and the evaluation's fixed noise (and the PCA's on
+    # K), not on the model, and the two 784-pixel probes take minutes on a small CPU: so they are
+    # computed once per setting and kept in <data_dir>/MNIST/probe-baselines.json (delete it to
+    # recompute). The PCA probe, on K numbers, takes seconds; it is kept per K beside them.
     path = os.path.join(data_dir, "MNIST", "probe-baselines.json")
     # Everything the numbers depend on is in the key; change BASELINES_VERSION with the code above.
     key = (f"v{BASELINES_VERSION} {dataset} train={splits.train_images.shape[0]} test={splits.test_images.shape[0]} "
-           f"K={k} seeds={SEEDS['train']},{SEEDS['test']} probe={fit_probe.__defaults__} torch={torch.__version__}")
+           f"seeds={SEEDS['train']},{SEEDS['test']} probe={fit_probe.__defaults__} torch={torch.__version__}")
     try:
         with open(path) as f:
             cache = json.load(f)
@@ -619,17 +700,19 @@ def cached_input_baselines(data_dir, splits, dataset, k):
         cache = {}
     if not isinstance(cache, dict):
         cache = {}
-    if key not in cache:
-        say(f"  the probe on the {splits.train_images.shape[0]} training inputs' pixels: computed once for "
-            f"this setting (a few minutes on 2 CPU cores) and kept in {path}")
-        cache[key] = input_baselines(flat_inputs(splits.train_images, dataset, SEEDS["train"]), splits.train_labels,
-                                     flat_inputs(splits.test_images, dataset, SEEDS["test"]), splits.test_labels,
-                                     dataset, k)
+    if key not in cache or f"pca K={k}" not in cache[key]:
+        inputs = (flat_inputs(splits.train_images, dataset, SEEDS["train"]), splits.train_labels,
+                  flat_inputs(splits.test_images, dataset, SEEDS["test"]), splits.test_labels)
+        if key not in cache:
+            say(f"  the probe on the pixels of the {splits.train_images.shape[0]} training inputs: computed once "
+                f"(a few minutes on 2 CPU cores) and kept in {path}")
+            cache[key] = pixel_baselines(*inputs, dataset)
+        cache[key][f"pca K={k}"] = pca_baseline(*inputs, k)
         try:
             atomic_write(path, lambda f: f.write(json.dumps(cache, indent=1).encode()))
         except OSError:
             say(f"  (could not write {path}: it will be computed again next time)")
-    return cache[key]
+    return {name: cache[key][name] for name in ("pixels", "pixels_squared") if name in cache[key]} | {"pca": cache[key][f"pca K={k}"]}
 
 
 # Ten colours that stay apart (matplotlib's "tab10"), one per digit.

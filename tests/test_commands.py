@@ -52,7 +52,17 @@ def test_train_then_evaluate(model, mnist_dir, tmp_path):
     predict = evaluate.fit_probe(codes_train, labels_train)
     assert evaluate.accuracy(predict, codes_test, labels_test) == metrics["probe_test_accuracy"]
     assert evaluate.accuracy(predict, codes_train, labels_train) == metrics["probe_train_accuracy"]
+    assert evaluate.knn_accuracy(codes_train, labels_train, codes_test, labels_test) == metrics["knn_test_accuracy"]
+    assert 0.2 < metrics["knn_test_accuracy"] <= 1
     assert np.load(out / "pca_test.npy").shape == (10000, 2)
+    if model == "dae":  # the excess over the optimal denoiser, split by pixel, adds up
+        assert sum(metrics["excess_mse"].values()) == pytest.approx(metrics["test_mse"] - metrics["oracle_mse"], rel=1e-5)
+    if model == "vae":  # the KL per code dimension, the dimensions in use, the gap to the true model
+        assert sum(metrics["kl_per_dimension"]) == pytest.approx(metrics["test_kl"], rel=1e-6)
+        assert metrics["active_units"] == int((codes_test.double().var(0) > 0.01).sum())
+        gap = metrics["gap_to_true_model"]
+        assert sum(gap.values()) == pytest.approx(metrics["test_neg_elbo"] - metrics["oracle_nll"], rel=1e-5)
+        assert gap["kl"] == metrics["test_kl"]
     baselines = metrics["baselines"]
     assert set(baselines) == {"pixels", "pca", "untrained"} | ({"pixels_squared"} if model != "bae" else set())
     assert all(0 < v <= 1 for v in baselines.values())
@@ -106,6 +116,18 @@ def test_train_then_evaluate(model, mnist_dir, tmp_path):
     for r in range(5):
         assert np.array_equal(tile(inter, r, 0), images[first[2 * r], 0].numpy())
         assert np.array_equal(tile(inter, r, 11), images[first[2 * r + 1], 0].numpy())
+    # neighbours.pgm: a row per digit, the test digit, then the training images of the 8 nearest
+    # codes (standardised by the training codes' statistics), found here by numpy
+    neighbours = np.asarray(Image.open(out / "neighbours.pgm"))
+    assert neighbours.shape == (10 * 30 + 2, 9 * 30 + 2)
+    train_images, _ = data.load_mnist(mnist_dir, train=True)
+    a = codes_train.double().numpy()
+    mean, std = a.mean(0), a.std(0, ddof=1)
+    for d in range(10):
+        dist = ((((codes_test[first[d]].double().numpy() - mean) / std) - (a - mean) / std) ** 2).sum(1)
+        assert np.array_equal(tile(neighbours, d, 0), images[first[d], 0].numpy())
+        for j, i in enumerate(np.argsort(dist, kind="stable")[:8]):
+            assert np.array_equal(tile(neighbours, d, 1 + j), train_images[i, 0].numpy()), (d, j)
     if model == "vae":
         assert np.asarray(Image.open(out / "samples.pgm")).shape == (10 * 30 + 2, 10 * 30 + 2)
         assert np.asarray(Image.open(out / "traversal.pgm")).shape == (10 * 30 + 2, 9 * 30 + 2)

@@ -325,3 +325,94 @@ def test_dae_interpolation_encodes_corrupted_inputs():
         z = model.encode(x_noisy)
         torch.testing.assert_close(rows[0][1], torch.sigmoid(model.decoder(z[:1]))[0], rtol=0, atol=1e-6)
         torch.testing.assert_close(rows[4][10], torch.sigmoid(model.decoder(z[9:10]))[0], rtol=0, atol=1e-6)
+
+
+def test_traversal_rows_move_one_dimension_each_in_order_of_kl():
+    # Oracle: row r decodes mu + c e_d, c = -3, -2.25, ..., 3, for the dimension d with the r-th
+    # largest KL, computed here one row at a time.
+    torch.manual_seed(0)
+    model = ae.VAE(4).eval()
+    x = torch.rand(10, 1, 28, 28) * torch.randn(10, 1, 28, 28)
+    kl = [0.5, 7.0, 0.0, 2.0]  # order: 1, 3, 0, 2
+    rows = evaluate.traversal_rows(model, {"model": "vae", "dataset": "variance"}, x, kl)
+    assert len(rows) == 4
+    with torch.no_grad():
+        mu = model.encode(x[:1])[0]
+        for r, d in enumerate([1, 3, 0, 2]):
+            for i, c in enumerate(np.linspace(-3, 3, 9)):
+                z = mu.clone()
+                z[d] += float(c)
+                expected = torch.exp(0.5 * model.decode(z[None])[1]).clamp(0, 1)[0]
+                torch.testing.assert_close(rows[r][i], expected, rtol=0, atol=1e-5)
+
+
+def test_knn_readout_matches_brute_force():
+    # Oracle: numpy's distances between standardised codes, sorted; the majority label of the 10
+    # nearest, a tie going to the smaller label.
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (600,), generator=gen)
+    codes = torch.randn(600, 3, generator=gen) * torch.tensor([1.0, 10.0, 0.1]) + labels[:, None] * 0.3
+    train, test, ytrain, ytest = codes[:500], codes[500:], labels[:500], labels[500:]
+    a = train.double().numpy()
+    mean, std = a.mean(0), a.std(0, ddof=1)
+    dist = (((test.double().numpy() - mean) / std)[:, None, :] - ((a - mean) / std)[None]) ** 2
+    order = np.argsort(dist.sum(2), axis=1, kind="stable")
+    assert np.array_equal(evaluate.nearest_training_codes(train, test, 10, chunk=30).numpy(), order[:, :10])
+    votes = np.array([np.bincount(ytrain.numpy()[row[:10]], minlength=10) for row in order])
+    expected = (votes.argmax(1) == ytest.numpy()).mean()
+    assert evaluate.knn_accuracy(train, ytrain, test, ytest) == expected
+    assert 0.2 < expected < 0.95  # a case where neighbours help, but not trivially
+
+
+class FixedVAE(torch.nn.Module):
+    # q(z | x) = N(mu, exp(logvar)) and p(x | z) = N(0, exp(c)) whatever x and z: the KL and the
+    # likelihood in closed form.
+    def __init__(self, mu, logvar, c):
+        super().__init__()
+        self.mu, self.logvar, self.c = torch.tensor(mu), torch.tensor(logvar), c
+        self.register_buffer("min_logvar", torch.tensor(-6.0))
+
+    def encode_dist(self, x):
+        return self.mu.expand(x.shape[0], -1), self.logvar.expand(x.shape[0], -1)
+
+    def decode(self, z):
+        return torch.zeros(z.shape[0], 1, 28, 28), torch.full((z.shape[0], 1, 28, 28), self.c)
+
+
+def test_vae_kl_per_dimension_and_the_gap_split_in_closed_form():
+    images = torch.zeros(20, 1, 28, 28, dtype=torch.uint8)
+    images[:, :, :14] = 128  # the top half is stroke (s = 128/255), the bottom half background (s = 0)
+    mu, logvar, c = [0.0, 1.0, -2.0], [0.0, -1.0, 0.5], -1.0
+    model = FixedVAE(mu, logvar, c).eval()
+    m = evaluate.vae_quality(model, {"dataset": "variance"}, images, "cpu", torch.Generator().manual_seed(0),
+                             is_images=2, is_samples=2)
+    kl = [0.5 * (u * u + math.exp(v) - 1 - v) for u, v in zip(mu, logvar)]
+    assert m["kl_per_dimension"] == pytest.approx(kl, rel=1e-6)
+    gap = m["gap_to_true_model"]
+    assert gap["kl"] == pytest.approx(sum(kl), rel=1e-6) == m["test_kl"]
+    # background: x = 0, so -log p(x | z) = c / 2 per pixel against the true model's -6 / 2
+    assert gap["background_pixels"] == pytest.approx(392 * 0.5 * (c + 6), rel=1e-6)
+    # strokes: 1/2 (c + x^2 e^-c) on the evaluation's draw of x, against the true model's expected
+    # 1/2 (log s^2 + 1) per pixel (oracle_nll is an expectation, as the headline gap is)
+    x = next(evaluate.fixed_inputs(images, "variance", "cpu", evaluate.SEEDS["test"]))[1][:, :, :14].double()
+    strokes = 0.5 * (c + x ** 2 * math.exp(-c)) - 0.5 * (math.log((128 / 255) ** 2) + 1)
+    assert gap["stroke_pixels"] == pytest.approx(strokes.sum().item() / 20, rel=1e-5)
+    # the three add up to the whole gap
+    assert sum(gap.values()) == pytest.approx(m["test_neg_elbo"] - m["oracle_nll"], rel=1e-6)  # float32 sums
+
+
+def test_dae_excess_split_on_strokes_and_background():
+    # A constant mask k on images half stroke (s = 128/255), half background (s = 0). On the
+    # background x = 0 and the optimal mask is 0, so the excess is the mean of (k n)^2 over those
+    # pixels: k^2 sigma_n^2 per pixel, half the pixels. The two parts add up to the whole excess.
+    images = torch.zeros(2000, 1, 28, 28, dtype=torch.uint8)
+    images[:, :, :14] = 128
+    k, sigma2 = 0.7, 0.2 ** 2
+    m = evaluate.dae_quality(ConstantMask(k), {"noise_std": 0.2, "dataset": "variance"}, images, "cpu",
+                             torch.Generator().manual_seed(0))
+    split = m["excess_mse"]
+    assert split["background_pixels"] == pytest.approx(0.5 * k * k * sigma2, rel=0.01)
+    # strokes: E[(k x~ - x)^2] - E[(m* x~ - x)^2] = (k - m*)^2 (s^2 + sigma_n^2), m* = s^2 / (s^2 + sigma_n^2)
+    s2 = (128 / 255) ** 2
+    assert split["stroke_pixels"] == pytest.approx(0.5 * (k - s2 / (s2 + sigma2)) ** 2 * (s2 + sigma2), rel=0.02)
+    assert sum(split.values()) == pytest.approx(m["test_mse"] - m["oracle_mse"], rel=1e-6)  # float32 sums
