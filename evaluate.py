@@ -5,10 +5,12 @@
 Every number comes beside what gives it meaning:
 - the linear probe's test accuracy on the K-number codes, beside the same probe on the input pixels,
   on their squares (varianceMNIST), on a K-dimensional PCA of the pixels, and on the codes of the
-  same encoder before training;
+  same encoder before training; and beside a non-linear readout, the 10 nearest training codes;
 - the BAE's reconstruction error beside PCA's with the same K; the DAE's denoising error beside the
-  Bayes-optimal denoiser's; the VAE's -ELBO beside its own -log p(x) (importance sampled) and the
-  true generative model's negative log-likelihood.
+  Bayes-optimal denoiser's, its excess split between the digit's strokes and the background; the
+  VAE's -ELBO beside its own -log p(x) (importance sampled) and the true generative model's negative
+  log-likelihood, the distance split into the KL, the strokes and the background, and the KL of
+  each code dimension (which ones are in use).
 
 Writes beside the checkpoint, so evaluating a saved model again reproduces its folder:
     metrics.json                        all the numbers, the loss history, timings, config, versions
@@ -16,14 +18,17 @@ Writes beside the checkpoint, so evaluating a saved model again reproduces its f
     pca_test.npy, pca_test.ppm/.png     the test codes projected to 2-D by PCA, one colour per digit
     recon.pgm/.png                      test digits and what the model makes of them, row by row
     interpolation.pgm/.png              decoded straight lines between the codes of two digits
+    neighbours.pgm/.png                 test digits, each beside the 8 training images nearest by code
     samples.pgm/.png, traversal.pgm/.png (VAE)   samples of the prior; each code dimension swept
 
-Read it in this order: the probe, PCA, the codes (and adapt_batchnorm for the DAE), the baselines,
-the quality numbers, the pictures, and evaluate_checkpoint, which runs them all (the scatter plot of
-the PCA is drawn below the line). Below the marked
-line: files (atomic writes, checkpoints, image formats) and the command line. Everything but
-evaluate_checkpoint and main (which rebuild the model with ae.py and read MNIST with data.py) needs
-only torch, torchvision and numpy, so the probe, the PCA and the pictures can be copied out alone.
+Read it in this order: the probe and the nearest-neighbour readout, PCA, the codes (and
+adapt_batchnorm for the DAE), the baselines, the quality numbers, the pictures, and
+evaluate_checkpoint, which runs them all. Below the marked line: files (atomic writes, checkpoints,
+the cached baselines, the scatter plot, image formats) and the command line. The formulas it
+measures with (the corruption, the optimal mask, the -ELBO) are ae.py's and the varianceMNIST draw
+is data.py's, so this file needs those two beside it, plus torch, torchvision, numpy and Pillow
+(which torchvision installs); the probe, the PCA and the picture helpers need only torch and can
+be copied out alone.
 """
 
 import argparse

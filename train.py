@@ -38,10 +38,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # The hyperparameters of each model's default run: short runs that train in a few minutes on a
 # 2-core CPU; --long trains longer, for the pictures. How each was chosen, with the runs behind it,
 # is in docs/experiments.md; in short:
-#   batch_size 128: larger batches ran faster per image but gave fewer updates per epoch, which cost
-#     more accuracy than the speed bought back;
+#   batch_size 128: larger batches give fewer updates per epoch, which cost more accuracy than any
+#     speed they bought back;
 #   lr: Adam's step size at the peak of the schedule (warmup_cosine), within the seeds' spread of
-#     the best of several peaks compared over many seeds (one run moves noticeably with its seed);
+#     the best of several peaks compared over several seeds (one run moves noticeably with its seed);
 #   epochs 3: what the time goal (a fifth of the original implementation's training time) allows.
 # "long" is what --long changes: more epochs; for the DAE the original recipe's small batches,
 # small step and constant rate too, which is where its layout (ae.py) reads out best.

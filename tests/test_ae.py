@@ -1,5 +1,5 @@
-"""The models and losses of ae.py against independent oracles: closed forms, torch.distributions,
-numpy and Monte Carlo estimates. No data, no training."""
+"""The models and losses of ae.py, and data.py's varianceMNIST draw, against independent oracles:
+closed forms, torch.distributions, numpy and Monte Carlo estimates. No data, no training."""
 
 import math
 
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import ae
+import data
 
 
 @pytest.mark.parametrize("name", ["bae", "dae", "vae"])
@@ -236,3 +237,43 @@ def test_importance_sampled_nll_on_a_linear_gaussian_model():
     assert abs(means[1] - gap) < 0.1 * gap
     assert means[1] > means[10] > means[100] > means[1000]
     assert means[1000] < 0.05 * gap
+
+
+def test_noise_functions_draw_from_the_generator_they_are_given():
+    # Evaluation hands ae.py and data.py a CPU generator for fixed noise; the numbers must be those
+    # the formula gives with that generator's draws, written out here, and with none the global
+    # generator's (training's).
+    x, s = torch.randn(4, 1, 28, 28), torch.rand(4, 1, 28, 28)
+    mu, logvar = torch.randn(4, 5), torch.randn(4, 5)
+
+    def gen():
+        return torch.Generator().manual_seed(3)
+
+    noise = torch.randn(x.shape, generator=gen())
+    assert torch.equal(ae.corrupt(x, 0.3, gen()), x + 0.3 * noise)
+    assert torch.equal(data.variance_batch(s, gen()), s * noise)
+    assert torch.equal(data.make_batch((s * 255).to(torch.uint8), "variance", gen()),
+                       data.to_float((s * 255).to(torch.uint8)) * noise)
+    assert torch.equal(ae.reparameterize(mu, logvar, gen()), mu + torch.exp(0.5 * logvar) * torch.randn(4, 5, generator=gen()))
+    torch.manual_seed(5)
+    a = ae.corrupt(x, 0.3)
+    torch.manual_seed(5)
+    assert torch.equal(a, x + 0.3 * torch.randn_like(x))
+    # the optimal mask s^2 / (s^2 + sigma_n^2); with no corruption the input itself is best
+    s = torch.tensor([0.0, 0.5, 1.0])
+    torch.testing.assert_close(ae.optimal_mask(s, 0.2), torch.tensor([0.0, 0.25 / 0.29, 1 / 1.04]))
+    assert torch.equal(ae.optimal_mask(s, 0), torch.ones(3))
+
+
+def test_neg_elbo_terms_add_up_to_the_loss():
+    torch.manual_seed(0)
+    model = ae.VAE(4).eval()
+    x = torch.rand(6, 1, 28, 28) * torch.randn(6, 1, 28, 28)
+    torch.manual_seed(1)
+    kl, nll = ae.neg_elbo_terms(model, x)
+    assert kl.shape == (6, 4) and nll.shape == (6, 1, 28, 28)
+    torch.manual_seed(1)
+    assert torch.allclose((kl.sum(1) + nll.flatten(1).sum(1)).mean(), ae.vae_loss(model, x))
+    # each term is the formula's: the KL of each dimension, the NLL of each pixel at one sample
+    mu_z, logvar_z = model.encode_dist(x)
+    torch.testing.assert_close(kl, 0.5 * (mu_z ** 2 + logvar_z.exp() - 1 - logvar_z))
