@@ -107,17 +107,18 @@ def probe_accuracy(train_codes, train_labels, test_codes, test_labels):
 # the probe's standardisation, so that every code dimension counts alike.
 
 
-def nearest_training_codes(train_codes, query_codes, k, chunk=500):
+def nearest_training_codes(train_codes, query_codes, k, chunk=1000):
     """Indices (M, k) of the k training codes (N, K) nearest to each query code (M, K), nearest first."""
     X = train_codes.detach().double().cpu()
     mean, std = X.mean(0), X.std(0).clamp_min(1e-12)
-    X = (X - mean) / std
+    X = ((X - mean) / std).float()  # float32: the (chunk, N) distances below are most of the time
     x_sq = X.pow(2).sum(1)  # (N,)
     nearest = []
     for q in query_codes.detach().double().cpu().split(chunk):
-        q = (q - mean) / std
-        dist_sq = q.pow(2).sum(1, keepdim=True) - 2 * q @ X.T + x_sq  # ||q - x||^2, (chunk, N)
-        nearest.append(dist_sq.topk(k, dim=1, largest=False).indices)
+        q = ((q - mean) / std).float()
+        # ||q - x||^2 = ||q||^2 - 2 q.x + ||x||^2; ||q||^2 is the same for a whole row, so it is left out
+        dist = torch.addmm(x_sq, q, X.T, alpha=-2)  # (chunk, N)
+        nearest.append(dist.topk(k, dim=1, largest=False).indices)
     return torch.cat(nearest)
 
 
