@@ -59,21 +59,36 @@ def train_runs(args):
         rows.append({"value": value, "seeds": [r["config"]["seed"] for r in runs],
                      "probe": [r["probe_test_accuracy"] for r in runs], "knn": [r["knn_test_accuracy"] for r in runs],
                      "quality_name": quality(runs[0])[0], "quality": [quality(r)[1] for r in runs],
+                     "train_seconds": [r["train_seconds"] for r in runs],
+                     # where the distance to the oracle lies (DAE: its excess MSE; VAE: its code's use)
+                     "oracle_mse": [r.get("oracle_mse") for r in runs],
+                     "excess_strokes": [r.get("excess_mse", {}).get("stroke_pixels") for r in runs],
+                     "excess_background": [r.get("excess_mse", {}).get("background_pixels") for r in runs],
                      "active_units": [r.get("active_units") for r in runs],
-                     "train_seconds": [r["train_seconds"] for r in runs]})
+                     "kl_sorted": [sorted(r.get("kl_per_dimension", []), reverse=True) for r in runs]})
 
     def cell(values, fmt):
+        if None in values:
+            return "-"
         mean = fmt(statistics.mean(values))
         return mean if len(values) == 1 else f"{mean} ({' / '.join(fmt(v) for v in values)})"
 
     pct, num = (lambda v: f"{100 * v:.2f}%"), (lambda v: f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}")
-    vae = args.model == "vae"
-    print(f"\n| {args.flag} | probe | 10-NN | {rows[0]['quality_name']} |" + (" active units |" if vae else "")
-          + " train s |\n|---|---|---|---|" + ("---|" if vae else "") + "---|")
+    columns = [(args.flag, lambda r: r["value"]), ("probe", lambda r: cell(r["probe"], pct)),
+               ("10 nearest codes", lambda r: cell(r["knn"], pct)),
+               (rows[0]["quality_name"], lambda r: cell(r["quality"], num))]
+    if args.model == "dae":
+        columns += [("optimal MSE", lambda r: cell(r["oracle_mse"], lambda v: f"{v:.5f}")),
+                    ("excess on strokes", lambda r: cell(r["excess_strokes"], lambda v: f"{v:.5f}")),
+                    ("excess on background", lambda r: cell(r["excess_background"], lambda v: f"{v:.5f}"))]
+    if args.model == "vae":  # the KL of each dimension, largest first, averaged position by position over seeds
+        columns += [("active units", lambda r: cell(r["active_units"], lambda v: f"{v:g}")),
+                    ("KL per dimension, largest first", lambda r: " ".join(
+                        f"{statistics.mean(kl):.1f}" for kl in zip(*r["kl_sorted"])))]
+    columns.append(("train s", lambda r: cell(r["train_seconds"], lambda v: f"{v:.0f}")))
+    print("\n| " + " | ".join(name for name, _ in columns) + " |\n|" + "---|" * len(columns))
     for r in rows:
-        print(f"| {r['value']} | {cell(r['probe'], pct)} | {cell(r['knn'], pct)} | {cell(r['quality'], num)} |"
-              + (f" {cell(r['active_units'], lambda v: f'{v:g}')} |" if vae else "")
-              + f" {cell(r['train_seconds'], lambda v: f'{v:.0f}')} |")
+        print("| " + " | ".join(get(r) for _, get in columns) + " |")
     return {"model": args.model, "flag": args.flag, "rows": rows}
 
 
