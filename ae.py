@@ -111,9 +111,12 @@ class DenoisingAE(nn.Module):
     def encode(self, x):
         return self.encoder(x)  # (B, 1, 28, 28) -> (B, K)
 
+    def decode(self, z):
+        # the mask m = sigmoid(f(z)) of a code z (B, K): in (0, 1), shape (B, 1, 28, 28)
+        return torch.sigmoid(self.decoder(z))
+
     def mask(self, x_noisy):
-        # m = sigmoid(f(code)), in (0, 1), shape (B, 1, 28, 28)
-        return torch.sigmoid(self.decoder(self.encode(x_noisy)))
+        return self.decode(self.encode(x_noisy))
 
     def forward(self, x_noisy):
         # g(x~) = x~ * sigmoid(f): the form of the optimal denoiser derived above

@@ -446,7 +446,7 @@ def decoded_shape(model, config, z):
     if config["model"] == "bae":  # on varianceMNIST (the control) its output is signed, like its input
         return to_unit(model.decoder(z), signed=config["dataset"] == "variance")
     if config["model"] == "dae":
-        return to_unit(torch.sigmoid(model.decoder(z)))
+        return to_unit(model.decode(z))
     return to_unit(torch.exp(0.5 * model.decode(z)[1]))
 
 

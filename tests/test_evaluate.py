@@ -416,3 +416,14 @@ def test_dae_excess_split_on_strokes_and_background():
     s2 = (128 / 255) ** 2
     assert split["stroke_pixels"] == pytest.approx(0.5 * (k - s2 / (s2 + sigma2)) ** 2 * (s2 + sigma2), rel=0.02)
     assert sum(split.values()) == pytest.approx(m["test_mse"] - m["oracle_mse"], rel=1e-6)  # float32 sums
+
+
+def test_active_units_counts_dimensions_whose_mean_varies():
+    # Burda et al.'s test: a dimension is active when the variance of its posterior mean over the
+    # images exceeds 0.01. Standard deviations 0.05, 0.08, 0.2, 1 and 0 give variances 0.0025,
+    # 0.0064, 0.04, 1, 0: two are active.
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(20000, 5, generator=gen)
+    z = (z - z.mean(0)) / z.std(0) * torch.tensor([0.05, 0.08, 0.2, 1.0, 0.0]) + 3.0
+    assert evaluate.active_units(z) == 2
+    assert evaluate.active_units(z, threshold=0.005) == 3
