@@ -108,7 +108,9 @@ def probe_accuracy(train_codes, train_labels, test_codes, test_labels):
 
 
 def nearest_training_codes(train_codes, query_codes, k, chunk=1000):
-    """Indices (M, k) of the k training codes (N, K) nearest to each query code (M, K), nearest first."""
+    """Indices (M, k) of the k training codes (N, K) nearest to each query code (M, K), nearest first
+    (all N of them, if N < k: a quick run with --train-size under k)."""
+    k = min(k, train_codes.shape[0])
     X = train_codes.detach().double().cpu()
     mean, std = X.mean(0), X.std(0).clamp_min(1e-12)
     X = ((X - mean) / std).float()  # float32: the (chunk, N) distances below are most of the time

@@ -362,6 +362,11 @@ def test_knn_readout_matches_brute_force():
     expected = (votes.argmax(1) == ytest.numpy()).mean()
     assert evaluate.knn_accuracy(train, ytrain, test, ytest) == expected
     assert 0.2 < expected < 0.95  # a case where neighbours help, but not trivially
+    # fewer training codes than neighbours (a run with --train-size 3): all of them vote
+    few = evaluate.nearest_training_codes(train[:3], test, 10)
+    assert few.shape == (100, 3) and sorted(few[0].tolist()) == [0, 1, 2]
+    majority = np.bincount(ytrain[:3].numpy(), minlength=10).argmax()
+    assert evaluate.knn_accuracy(train[:3], ytrain[:3], test, ytest) == (ytest.numpy() == majority).mean()
 
 
 class FixedVAE(torch.nn.Module):

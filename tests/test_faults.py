@@ -6,6 +6,7 @@ call train.main or evaluate.main in this process with the arguments a person wou
 the same code path minus ~5 s of importing torch per case (test_bad_arguments_from_the_shell checks
 that the script itself prints the same one line)."""
 
+import json
 import os
 import shutil
 import signal
@@ -13,8 +14,10 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import ae
 import evaluate
@@ -68,12 +71,15 @@ def test_cuda_requested_without_a_gpu(tmp_path, mnist_dir, capsys):
     assert_clean_error(proc, "no CUDA GPU", "--device cpu")  # evaluate.py says the same
 
 
-def test_dae_trains_on_batches_of_one(tmp_path, mnist_dir, capsys):
-    # Its BatchNorm layers are all 2-D: one image still has 576 or 400 values per channel.
+def test_dae_trains_on_batches_of_one_and_evaluates_with_three_images(tmp_path, mnist_dir, capsys):
+    # Its BatchNorm layers are all 2-D: one image still has 576 or 400 values per channel. With 3
+    # training images the nearest-codes readout and picture have 3 neighbours, not 10 and 8.
     proc = call_main(train.main, ["--model", "dae", "--train-size", "3", "--batch-size", "1", "--epochs", "1",
-                                  "--no-eval", "--data-dir", mnist_dir, "--out", tmp_path / "out"], capsys)
+                                  "--data-dir", mnist_dir, "--out", tmp_path / "out"], capsys)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "out" / "model.pt").exists()
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert 0 <= metrics["knn_test_accuracy"] <= 1 and metrics["config"]["batch_size"] == 1
+    assert np.asarray(Image.open(tmp_path / "out" / "neighbours.pgm")).shape == (10 * 30 + 2, 4 * 30 + 2)
 
 
 def test_missing_data(tmp_path, capsys, monkeypatch):
