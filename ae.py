@@ -232,6 +232,8 @@ class VAE(nn.Module):
         return mu, logvar
 
     def forward(self, x):
+        # the whole model on one sample of z, for a user's own use; the loss below reads the same
+        # steps apart in neg_elbo_terms
         mu_z, logvar_z = self.encode_dist(x)
         z = reparameterize(mu_z, logvar_z)
         mu_x, logvar_x = self.decode(z)

@@ -27,8 +27,8 @@ evaluate_checkpoint, which runs them all. Below the marked line: files (atomic w
 the cached baselines, the scatter plot, image formats) and the command line. The formulas it
 measures with (the corruption, the optimal mask, the -ELBO) are ae.py's and the varianceMNIST draw
 is data.py's, so this file needs those two beside it, plus torch, torchvision, numpy and Pillow
-(which torchvision installs); the probe, the PCA and the picture helpers need only torch and can
-be copied out alone.
+(which torchvision installs); the probe, the nearest codes and the PCA need only torch and can be
+copied out alone.
 """
 
 import argparse
@@ -104,7 +104,8 @@ def probe_accuracy(train_codes, train_labels, test_codes, test_labels):
 # The probe asks whether flat boundaries in code space separate the digits; the k-nearest-neighbour
 # readout only whether codes of the same digit lie near each other. Where it reads much more than
 # the probe, the code holds the digit in a form a line cannot read. The distances are taken after
-# the probe's standardisation, so that every code dimension counts alike.
+# the probe's standardisation, so that every code dimension counts alike; a nearly collapsed VAE
+# dimension (docs/sweeps.md) is then scaled up like the others, and adds mostly noise.
 
 
 def nearest_training_codes(train_codes, query_codes, k, chunk=1000):
@@ -113,7 +114,7 @@ def nearest_training_codes(train_codes, query_codes, k, chunk=1000):
     k = min(k, train_codes.shape[0])
     X = train_codes.detach().double().cpu()
     mean, std = X.mean(0), X.std(0).clamp_min(1e-12)
-    X = ((X - mean) / std).float()  # float32: the (chunk, N) distances below are most of the time
+    X = ((X - mean) / std).float()  # float32: the (chunk, N) distances below take most of the time
     x_sq = X.pow(2).sum(1)  # (N,)
     nearest = []
     for q in query_codes.detach().double().cpu().split(chunk):
@@ -214,7 +215,9 @@ def encoder_for_codes(model, train_images, dataset, device):
     """A copy of `model` with its encoder's BatchNorm statistics estimated on 10000 clean training
     inputs: for an encoder that was not trained on them (the DAE's, an untrained one)."""
     copied = copy.deepcopy(model)
-    batches = (x for _, x in fixed_inputs(train_images[:10000], dataset, device, SEEDS["train"]))
+    # chunks of 1000; a last chunk of one image (--train-size 1001, say) is left out, since the
+    # VAE's BatchNorm1d has no variance to measure in it
+    batches = (x for _, x in fixed_inputs(train_images[:10000], dataset, device, SEEDS["train"]) if x.shape[0] > 1)
     return adapt_batchnorm(copied, batches)
 
 
@@ -334,8 +337,9 @@ def dae_quality(model, config, test_images, device, gen):
         x_noisy = ae.corrupt(x, sigma_n, gen)
         err, oracle_err = (model(x_noisy) - x).pow(2), (x_noisy * ae.optimal_mask(s, sigma_n) - x).pow(2)
         sq, oracle_sq = sq + err.sum().item(), oracle_sq + oracle_err.sum().item()
-        excess = (err - oracle_err).double()  # (B, 1, 28, 28)
-        stroke, background = stroke + excess[s > 0].sum().item(), background + excess[s == 0].sum().item()
+        excess, s = (err - oracle_err).cpu().double(), s.cpu()  # (B, 1, 28, 28); float64 on the CPU (MPS has none)
+        stroke += excess[s > 0].sum().item()
+        background += excess[s == 0].sum().item()
     metrics = {"test_mse": sq / n}
     if config["dataset"] == "variance" and sigma_n > 0:  # the oracle assumes varianceMNIST
         metrics.update(oracle_mse=oracle_sq / n, mse_over_oracle=sq / oracle_sq,
@@ -366,10 +370,11 @@ def vae_quality(model, config, test_images, device, gen, is_images, is_samples):
         kl_terms, nll_terms = ae.neg_elbo_terms(model, x, gen)  # (B, K), (B, 1, 28, 28)
         kl += kl_terms.sum(dim=1).sum().item()
         nll += nll_terms.flatten(1).sum(dim=1).sum().item()
-        kl_per_dimension = kl_per_dimension + kl_terms.double().sum(0).cpu()  # (K,)
+        kl_per_dimension = kl_per_dimension + kl_terms.cpu().double().sum(0)  # (K,)
         oracle += oracle_nll(s, model.min_logvar.item()).sum().item()
-        excess = (nll_terms - oracle_nll(s, model.min_logvar.item(), per_pixel=True)).double()
-        stroke, background = stroke + excess[s > 0].sum().item(), background + excess[s == 0].sum().item()
+        excess = (nll_terms - oracle_nll(s, model.min_logvar.item(), per_pixel=True)).cpu().double()
+        stroke += excess[s.cpu() > 0].sum().item()
+        background += excess[s.cpu() == 0].sum().item()
     n = test_images.shape[0]
     metrics = {"test_neg_elbo": (kl + nll) / n, "test_kl": kl / n, "test_nll": nll / n,
                "kl_per_dimension": (kl_per_dimension / n).tolist()}
@@ -378,10 +383,10 @@ def vae_quality(model, config, test_images, device, gen, is_images, is_samples):
         metrics["gap_to_true_model"] = {"kl": kl / n, "stroke_pixels": stroke / n, "background_pixels": background / n}
     # The two gaps, on the first `is_images` test images: -ELBO >= -log p(x) (the bound's slack,
     # from q(z | x) not being the true posterior) >= the true model's NLL (what the model misses).
-    gen = torch.Generator().manual_seed(SEEDS["likelihood"])
+    likelihood_gen = torch.Generator().manual_seed(SEEDS["likelihood"])
     neg_log_p = neg_elbo = subset_oracle = 0.0
     for s, x in fixed_inputs(test_images[:is_images], config["dataset"], device, SEEDS["test"], chunk=100):
-        nlp, nelbo = ae.importance_sampled_nll(model, x, is_samples, generator=gen)
+        nlp, nelbo = ae.importance_sampled_nll(model, x, is_samples, generator=likelihood_gen)
         neg_log_p, neg_elbo = neg_log_p + nlp.sum().item(), neg_elbo + nelbo.sum().item()
         subset_oracle += oracle_nll(s, model.min_logvar.item()).sum().item()
     m = min(is_images, n)
@@ -706,8 +711,8 @@ def cached_input_baselines(data_dir, splits, dataset, k):
             cache = json.load(f)
     except (OSError, ValueError):
         cache = {}
-    if not isinstance(cache, dict):
-        cache = {}
+    if not isinstance(cache, dict) or not isinstance(cache.get(key, {}), dict):
+        cache = {}  # not a file this code wrote: start it again
     if key not in cache or f"pca K={k}" not in cache[key]:
         inputs = (flat_inputs(splits.train_images, dataset, SEEDS["train"]), splits.train_labels,
                   flat_inputs(splits.test_images, dataset, SEEDS["test"]), splits.test_labels)

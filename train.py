@@ -14,7 +14,7 @@ epoch, so Ctrl-C or a crash loses at most the epoch in progress; `--resume` cont
 Read it in this order: DEFAULTS (the hyperparameters), loss_function (the one switch from --model
 to its loss), warmup_cosine and constant (the learning-rate schedules), train (the loop), run (the
 program: data, model, training, saving, evaluation). Below the marked line: the command line,
-checkpoints, errors.
+checkpoints, the bookkeeping after each epoch (end_of_epoch), errors.
 
 The training data lives on the training device as one uint8 tensor and each batch is drawn by
 indexing it (and, for varianceMNIST, multiplying by fresh noise): no DataLoader, no per-image
@@ -122,7 +122,7 @@ def train(model, config, train_images, test_images, out, checkpoint=None):
             optimizer.step()
             schedule.step()  # the learning rate for the next step
             losses[step] = loss.detach()  # bookkeeping: kept on the device, no wait for a GPU each step
-        end_of_epoch(model, optimizer, schedule, config, history, losses, bs, t0, epoch, test_images, out)
+        end_of_epoch(model, loss_fn, optimizer, schedule, config, history, (losses, bs, t0), epoch, test_images, out)
     history["samples_per_second"] = config["epochs"] * steps * bs / history["train_seconds"]
     return history
 
@@ -419,14 +419,15 @@ def set_rng_state(state, device):
         torch.mps.set_rng_state(state["device"])
 
 
-def end_of_epoch(model, optimizer, schedule, config, history, losses, bs, t0, epoch, test_images, out):
+def end_of_epoch(model, loss_fn, optimizer, schedule, config, history, epoch_record, epoch, test_images, out):
     # The bookkeeping after each epoch: stop if the loss is not finite, record the epoch's mean
     # loss, the test loss and the time, save the training state for --resume, print one line.
+    losses, bs, t0 = epoch_record  # each step's loss (on the device), the batch size, the epoch's start
     losses = losses.cpu()  # waits for the last step, so the time is right on a GPU too
     seconds = time.perf_counter() - t0
     stop_if_not_finite(losses, epoch, out)
     history["loss_history"].append(losses.double().mean().item())
-    history["test_loss_history"].append(test_loss(model, loss_function(config), test_images, config["dataset"], bs))
+    history["test_loss_history"].append(test_loss(model, loss_fn, test_images, config["dataset"], bs))
     history["train_seconds"] += seconds
     save_training_state(out, model, optimizer, schedule, config, history, epoch=epoch + 1)
     print(f"epoch {epoch + 1:3d}/{config['epochs']}  train loss {history['loss_history'][-1]:10.4f}  "

@@ -65,6 +65,9 @@ def train_runs(args):
                      "excess_strokes": [r.get("excess_mse", {}).get("stroke_pixels") for r in runs],
                      "excess_background": [r.get("excess_mse", {}).get("background_pixels") for r in runs],
                      "active_units": [r.get("active_units") for r in runs],
+                     "gap_kl": [r.get("gap_to_true_model", {}).get("kl") for r in runs],
+                     "gap_strokes": [r.get("gap_to_true_model", {}).get("stroke_pixels") for r in runs],
+                     "gap_background": [r.get("gap_to_true_model", {}).get("background_pixels") for r in runs],
                      "kl_sorted": [sorted(r.get("kl_per_dimension", []), reverse=True) for r in runs]})
 
     def cell(values, fmt):
@@ -82,7 +85,10 @@ def train_runs(args):
                     ("excess on strokes", lambda r: cell(r["excess_strokes"], lambda v: f"{v:.5f}")),
                     ("excess on background", lambda r: cell(r["excess_background"], lambda v: f"{v:.5f}"))]
     if args.model == "vae":  # the KL of each dimension, largest first, averaged position by position over seeds
-        columns += [("active units", lambda r: cell(r["active_units"], lambda v: f"{v:g}")),
+        one = lambda v: f"{v:.1f}"  # noqa: E731
+        columns += [("gap: KL", lambda r: cell(r["gap_kl"], one)), ("strokes", lambda r: cell(r["gap_strokes"], one)),
+                    ("background", lambda r: cell(r["gap_background"], one)),
+                    ("active units", lambda r: cell(r["active_units"], lambda v: f"{v:g}")),
                     ("KL per dimension, largest first", lambda r: " ".join(
                         f"{statistics.mean(kl):.1f}" for kl in zip(*r["kl_sorted"])))]
     columns.append(("train s", lambda r: cell(r["train_seconds"], lambda v: f"{v:.0f}")))

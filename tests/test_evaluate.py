@@ -432,3 +432,15 @@ def test_active_units_counts_dimensions_whose_mean_varies():
     z = (z - z.mean(0)) / z.std(0) * torch.tensor([0.05, 0.08, 0.2, 1.0, 0.0]) + 3.0
     assert evaluate.active_units(z) == 2
     assert evaluate.active_units(z, threshold=0.005) == 3
+
+
+def test_encoder_for_codes_leaves_out_a_last_batch_of_one():
+    # --train-size 1001: chunks of 1000 and 1. The VAE's BatchNorm1d cannot take a batch of one in
+    # train mode, so the single image is left out of the statistics instead of crashing.
+    torch.manual_seed(0)
+    images = (torch.rand(1001, 1, 28, 28) * 255).to(torch.uint8)
+    model = ae.VAE(3).eval()
+    adapted = evaluate.encoder_for_codes(model, images, "variance", "cpu")  # a copy each time
+    reference = evaluate.encoder_for_codes(model, images[:1000], "variance", "cpu")
+    for a, b in zip(adapted.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(a, b)
