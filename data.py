@@ -38,8 +38,10 @@ def variance_batch(s, generator=None):
     # Training draws e from torch's global generator on s's device, a new draw at every read.
     # Evaluation passes a CPU torch.Generator for one fixed draw, the same numbers on every device.
     if generator is None:
-        return s * torch.randn_like(s)
-    return s * torch.randn(s.shape, generator=generator, dtype=s.dtype).to(s.device)
+        e = torch.randn_like(s)
+    else:
+        e = torch.randn(s.shape, generator=generator, dtype=s.dtype).to(s.device)
+    return s * e
 
 
 def make_batch(images_uint8, dataset, generator=None):
