@@ -63,15 +63,22 @@ SEEDS = {"train": 2024, "test": 2025, "model": 2026, "likelihood": 2027}
 # recovers the digit, the code holds the digit's shape.
 
 
+def standardiser(train_codes):
+    """A function codes -> (codes - mean) / std, float64 on the CPU, with the statistics of the
+    training codes (N, K)."""
+    X = train_codes.detach().double().cpu()
+    mean, std = X.mean(0), X.std(0).clamp_min(1e-12)
+    return lambda codes: (codes.detach().double().cpu() - mean) / std
+
+
 def fit_probe(codes, labels, n_classes=10, l2=1e-4, max_iter=200):
     """Returns a function codes -> predicted labels. Codes (N, K) float, labels (N,) int64."""
     # Standardise each code dimension with the training statistics, so that L-BFGS meets a
     # well-conditioned problem and the small L2 penalty weighs every dimension alike, whatever
     # scale the encoder gave it. float64 on the CPU makes the fit deterministic and accurate,
     # whatever device trained the model.
-    X = codes.detach().double().cpu()
-    mean, std = X.mean(0), X.std(0).clamp_min(1e-12)
-    X, y = (X - mean) / std, labels.cpu()
+    standardise = standardiser(codes)
+    X, y = standardise(codes), labels.cpu()
     W = torch.zeros(X.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, history_size=20,
@@ -87,7 +94,7 @@ def fit_probe(codes, labels, n_classes=10, l2=1e-4, max_iter=200):
 
     opt.step(closure)
     W, b = W.detach(), b.detach()
-    return lambda c: ((c.detach().double().cpu() - mean) / std @ W + b).argmax(1)
+    return lambda c: (standardise(c) @ W + b).argmax(1)
 
 
 def accuracy(predict, codes, labels):
@@ -111,14 +118,12 @@ def probe_accuracy(train_codes, train_labels, test_codes, test_labels):
 def nearest_training_codes(train_codes, query_codes, k, chunk=1000):
     """Indices (M, k) of the k training codes (N, K) nearest to each query code (M, K), nearest first
     (all N of them, if N < k: a quick run with --train-size under k)."""
-    k = min(k, train_codes.shape[0])
-    X = train_codes.detach().double().cpu()
-    mean, std = X.mean(0), X.std(0).clamp_min(1e-12)
-    X = ((X - mean) / std).float()  # float32: the (chunk, N) distances below take most of the time
+    k, standardise = min(k, train_codes.shape[0]), standardiser(train_codes)  # the probe's standardisation
+    X = standardise(train_codes).float()  # float32: the (chunk, N) distances below take most of the time
     x_sq = X.pow(2).sum(1)  # (N,)
     nearest = []
-    for q in query_codes.detach().double().cpu().split(chunk):
-        q = ((q - mean) / std).float()
+    for q in query_codes.split(chunk):
+        q = standardise(q).float()
         # ||q - x||^2 = ||q||^2 - 2 q.x + ||x||^2; ||q||^2 is the same for a whole row, so it is left out
         dist = torch.addmm(x_sq, q, X.T, alpha=-2)  # (chunk, N)
         nearest.append(dist.topk(k, dim=1, largest=False).indices)
@@ -371,10 +376,11 @@ def vae_quality(model, config, test_images, device, gen, is_images, is_samples):
         kl += kl_terms.sum(dim=1).sum().item()
         nll += nll_terms.flatten(1).sum(dim=1).sum().item()
         kl_per_dimension = kl_per_dimension + kl_terms.cpu().double().sum(0)  # (K,)
-        oracle += oracle_nll(s, model.min_logvar.item()).sum().item()
-        excess = (nll_terms - oracle_nll(s, model.min_logvar.item(), per_pixel=True)).cpu().double()
-        stroke += excess[s.cpu() > 0].sum().item()
-        background += excess[s.cpu() == 0].sum().item()
+        oracle_terms = oracle_nll(s, model.min_logvar.item(), per_pixel=True)  # (B, 1, 28, 28)
+        oracle += oracle_terms.flatten(1).sum(1).sum().item()
+        excess, s = (nll_terms - oracle_terms).cpu().double(), s.cpu()  # float64 on the CPU (MPS has none)
+        stroke += excess[s > 0].sum().item()
+        background += excess[s == 0].sum().item()
     n = test_images.shape[0]
     metrics = {"test_neg_elbo": (kl + nll) / n, "test_kl": kl / n, "test_nll": nll / n,
                "kl_per_dimension": (kl_per_dimension / n).tolist()}
@@ -383,17 +389,28 @@ def vae_quality(model, config, test_images, device, gen, is_images, is_samples):
         metrics["gap_to_true_model"] = {"kl": kl / n, "stroke_pixels": stroke / n, "background_pixels": background / n}
     # The two gaps, on the first `is_images` test images: -ELBO >= -log p(x) (the bound's slack,
     # from q(z | x) not being the true posterior) >= the true model's NLL (what the model misses).
-    likelihood_gen = torch.Generator().manual_seed(SEEDS["likelihood"])
-    neg_log_p = neg_elbo = subset_oracle = 0.0
-    for s, x in fixed_inputs(test_images[:is_images], config["dataset"], device, SEEDS["test"], chunk=100):
-        nlp, nelbo = ae.importance_sampled_nll(model, x, is_samples, generator=likelihood_gen)
-        neg_log_p, neg_elbo = neg_log_p + nlp.sum().item(), neg_elbo + nelbo.sum().item()
-        subset_oracle += oracle_nll(s, model.min_logvar.item()).sum().item()
-    m = min(is_images, n)
-    metrics.update(subset_size=m, is_samples=is_samples, subset_neg_elbo=neg_elbo / m, test_nll_is=neg_log_p / m)
+    neg_log_p, neg_elbo, subset_oracle = likelihood_estimate(model, test_images[:is_images], config["dataset"],
+                                                             device, is_samples)
+    metrics.update(subset_size=min(is_images, n), is_samples=is_samples, subset_neg_elbo=neg_elbo,
+                   test_nll_is=neg_log_p)
     if config["dataset"] == "variance":
-        metrics["subset_oracle_nll"] = subset_oracle / m
+        metrics["subset_oracle_nll"] = subset_oracle
     return metrics
+
+
+@torch.no_grad()
+def likelihood_estimate(model, images, dataset, device, n_samples):
+    """(-log p(x), -ELBO, the true model's NLL), each averaged over `images` (uint8): -log p(x)
+    importance sampled with n_samples draws of z per image (ae.importance_sampled_nll), the -ELBO
+    from the same draws; the draws are the evaluation's fixed ones, whatever n_samples is."""
+    gen = torch.Generator().manual_seed(SEEDS["likelihood"])
+    neg_log_p = neg_elbo = oracle = 0.0
+    for s, x in fixed_inputs(images, dataset, device, SEEDS["test"], chunk=100):
+        nlp, nelbo = ae.importance_sampled_nll(model, x, n_samples, generator=gen)
+        neg_log_p, neg_elbo = neg_log_p + nlp.sum().item(), neg_elbo + nelbo.sum().item()
+        oracle += oracle_nll(s, model.min_logvar.item()).sum().item()
+    m = images.shape[0]
+    return neg_log_p / m, neg_elbo / m, oracle / m
 
 
 def quality(model, config, splits, device, gen, is_images, is_samples):

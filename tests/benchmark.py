@@ -101,6 +101,16 @@ def training_flops_per_image(model_name, k=10):
     return 2 * macs[0] * 2 + sum(2 * m * 3 for m in macs[1:])
 
 
+def quality_number(m):
+    """(name, value): a run's quality beside its baseline or oracle, from its metrics.json."""
+    model = m["config"]["model"]
+    if model == "bae":
+        return "test_mse / pca_test_mse", m["test_mse"] / m["pca_test_mse"]
+    if model == "dae":
+        return "mse_over_oracle", m.get("mse_over_oracle")
+    return "neg_elbo - oracle_nll (nats)", m["test_neg_elbo"] - m.get("oracle_nll", float("nan"))
+
+
 def run(model, preset, dataset, seed, args):
     # seed 0, train.py's default, keeps the folder name it had before --seeds existed
     out = os.path.join(args.out, f"{model}-{dataset}-{preset}" + (f"-seed{seed}" if seed else ""))
@@ -156,12 +166,7 @@ def main():
         m = run(model, preset, dataset, seed, args)
         flops = training_flops_per_image(model, m["config"]["n_components"])
         ref_acc, ref_seconds = REFERENCE[model]
-        if model == "bae":
-            quality = ("test_mse / pca_test_mse", m["test_mse"] / m["pca_test_mse"])
-        elif model == "dae":
-            quality = ("mse_over_oracle", m.get("mse_over_oracle"))
-        else:
-            quality = ("neg_elbo - oracle_nll (nats)", m["test_neg_elbo"] - m.get("oracle_nll", float("nan")))
+        quality = quality_number(m)
         rows.append({
             "model": model, "data": dataset, "preset": preset, "seed": seed, "epochs": m["config"]["epochs"],
             "batch_size": m["config"]["batch_size"], "probe_test_accuracy": m["probe_test_accuracy"],

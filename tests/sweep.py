@@ -31,16 +31,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 import ae  # noqa: E402
 import evaluate  # noqa: E402
-
-
-def quality(m):
-    # (name, value): each model's quality number beside its oracle or baseline, as in the README
-    model = m["config"]["model"]
-    if model == "bae":
-        return "MSE / PCA's", m["test_mse"] / m["pca_test_mse"]
-    if model == "dae":
-        return "MSE / optimal denoiser's", m.get("mse_over_oracle", float("nan"))
-    return "-ELBO - true model (nats)", m["test_neg_elbo"] - m.get("oracle_nll", float("nan"))
+from benchmark import quality_number  # noqa: E402  (the benchmark's quality number, beside its oracle)
 
 
 def train_runs(args):
@@ -58,7 +49,7 @@ def train_runs(args):
                 runs.append(json.load(f))
         rows.append({"value": value, "seeds": [r["config"]["seed"] for r in runs],
                      "probe": [r["probe_test_accuracy"] for r in runs], "knn": [r["knn_test_accuracy"] for r in runs],
-                     "quality_name": quality(runs[0])[0], "quality": [quality(r)[1] for r in runs],
+                     "quality_name": quality_number(runs[0])[0], "quality": [quality_number(r)[1] for r in runs],
                      "train_seconds": [r["train_seconds"] for r in runs],
                      # where the distance to the oracle lies (DAE: its excess MSE; VAE: its code's use)
                      "oracle_mse": [r.get("oracle_mse") for r in runs],
@@ -106,14 +97,9 @@ def is_samples(args):
     images = evaluate.load_splits(args.data_dir).test_images[: args.images]
     rows = []
     for n in [int(v) for v in args.values.split(",")]:
-        gen = torch.Generator().manual_seed(evaluate.SEEDS["likelihood"])  # the evaluation's draws, for each S
-        neg_log_p = neg_elbo = 0.0
         t = time.perf_counter()
-        for _, x in evaluate.fixed_inputs(images, config["dataset"], "cpu", evaluate.SEEDS["test"], chunk=100):
-            nlp, nelbo = ae.importance_sampled_nll(model, x, n, generator=gen)
-            neg_log_p, neg_elbo = neg_log_p + nlp.sum().item(), neg_elbo + nelbo.sum().item()
-        rows.append({"samples": n, "neg_log_p": neg_log_p / len(images), "neg_elbo": neg_elbo / len(images),
-                     "seconds": time.perf_counter() - t})
+        neg_log_p, neg_elbo, _ = evaluate.likelihood_estimate(model, images, config["dataset"], "cpu", n)
+        rows.append({"samples": n, "neg_log_p": neg_log_p, "neg_elbo": neg_elbo, "seconds": time.perf_counter() - t})
     print(f"\nfirst {len(images)} test images, {args.checkpoint}\n\n| samples of z | -log p(x) | -ELBO (same draws) "
           f"| bound's slack | seconds |\n|---|---|---|---|---|")
     for r in rows:
