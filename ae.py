@@ -24,6 +24,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# Precision. Each model hands back its outputs with .float(): a no-op in float32, and with
+# `train.py --precision bf16`, which runs the layers' matrix products in bfloat16 under
+# torch.autocast, it puts the outputs back in float32 before the losses below, so the mask, the
+# log-variance floor, the KL and the Gaussian likelihood are always computed in float32.
+
 # -------------------------------------------------------------------------------------------------
 # Bottleneck autoencoder: 784-1000-500-250-K and back, trained to copy its input through K numbers.
 
@@ -51,7 +56,8 @@ class BottleneckAE(nn.Module):
         return self.encoder(x)  # (B, 1, 28, 28) -> (B, K)
 
     def forward(self, x):
-        return self.decoder(self.encode(x))  # the reconstruction, (B, 1, 28, 28)
+        # the reconstruction, (B, 1, 28, 28); .float(): see "Precision" below
+        return self.decoder(self.encode(x)).float()
 
 
 def bae_loss(model, x):
@@ -113,7 +119,7 @@ class DenoisingAE(nn.Module):
 
     def decode(self, z):
         # the mask m = sigmoid(f(z)) of a code z (B, K): in (0, 1), shape (B, 1, 28, 28)
-        return torch.sigmoid(self.decoder(z))
+        return torch.sigmoid(self.decoder(z).float())
 
     def mask(self, x_noisy):
         return self.decode(self.encode(x_noisy))
@@ -219,7 +225,7 @@ class VAE(nn.Module):
 
     def encode_dist(self, x):
         h = self.encoder(x)  # (B, 1, 28, 28) -> (B, 250)
-        return self.enc_mu(h), self.enc_logvar(h)  # two (B, K)
+        return self.enc_mu(h).float(), self.enc_logvar(h).float()  # two (B, K)
 
     def encode(self, x):
         # The code of an image is the mean of its approximate posterior.
@@ -227,7 +233,7 @@ class VAE(nn.Module):
 
     def decode(self, z):
         h = self.decoder(z)  # (B, K) -> (B, 6, 24, 24)
-        mu, logvar = self.dec_heads(h).chunk(2, dim=1)  # (B, 2, 28, 28) -> two (B, 1, 28, 28)
+        mu, logvar = self.dec_heads(h).float().chunk(2, dim=1)  # (B, 2, 28, 28) -> two (B, 1, 28, 28)
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)  # >= min_logvar, see above
         return mu, logvar
 

@@ -54,7 +54,8 @@ DEFAULTS = {
 # The same for every model: K, the size of the code; sigma_n, the DAE's corruption (pixel units);
 # the seed of every random draw of training; how many of MNIST's training images to use; the shape
 # of the learning rate over the run (SCHEDULES).
-SHARED_DEFAULTS = dict(n_components=10, noise_std=0.2, seed=0, train_size=60000, lr_schedule="warmup_cosine")
+SHARED_DEFAULTS = dict(n_components=10, noise_std=0.2, seed=0, train_size=60000, lr_schedule="warmup_cosine",
+                       precision="auto")
 
 
 def loss_function(config):
@@ -88,6 +89,15 @@ def constant(step, total_steps):
 
 SCHEDULES = {"warmup_cosine": warmup_cosine, "constant": constant}
 
+# Precision. With --precision bf16 the training step runs the models' matrix products and
+# convolutions in bfloat16 under torch.autocast: 8 bits of mantissa instead of float32's 23, but the
+# same exponent range, so no loss scaling is needed. The weights and Adam's state, BatchNorm's
+# running statistics and the losses (ae.py hands the models' outputs back in float32) stay float32.
+# It pays where the processor has bfloat16 matrix units (Intel's AMX, a recent GPU); elsewhere
+# float32 is as fast. "auto" picks by the hardware (choose_precision, below the line), so the same
+# command may train in bf16 on one machine and fp32 on another; the choice is saved in the config,
+# and evaluation always computes in float32, so its numbers compare across machines.
+
 
 def train(model, config, train_images, test_images, out, checkpoint=None):
     """Adam on minibatches for config["epochs"] epochs; returns the history for metrics.json.
@@ -103,6 +113,7 @@ def train(model, config, train_images, test_images, out, checkpoint=None):
     steps = n // bs  # full batches only: the few images left over are seen in other epochs
     shape = SCHEDULES[config["lr_schedule"]]  # the learning rate as a fraction of config["lr"]
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: shape(step, config["epochs"] * steps))
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=config["precision"] == "bf16")
     history, start = {"loss_history": [], "test_loss_history": [], "train_seconds": 0.0}, 0
     if checkpoint is None:
         save_training_state(out, model, optimizer, schedule, config, history, epoch=0)
@@ -116,7 +127,8 @@ def train(model, config, train_images, test_images, out, checkpoint=None):
         losses, t0 = torch.zeros(steps, device=device), time.perf_counter()  # bookkeeping
         for step in range(steps):
             x = data.make_batch(train_images[batches[step]], config["dataset"])  # (B, 1, 28, 28)
-            loss = loss_fn(model, x)
+            with autocast:  # bf16 layers with --precision bf16 (below); the loss's formulas stay float32
+                loss = loss_fn(model, x)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -156,7 +168,7 @@ def run(args):
     print(f"{config['model']} on {config['dataset']}: {sum(p.numel() for p in model.parameters()):,} "
           f"parameters, {config['epochs']} epochs of {train_images.shape[0]} images, batch "
           f"{min(config['batch_size'], train_images.shape[0])}, lr {config['lr']} ({config['lr_schedule']}), "
-          f"on {device} -> {out}", flush=True)
+          f"on {device} in {config['precision']} -> {out}", flush=True)
     try:
         history = train(model, config, train_images, test_images, out, checkpoint)
     except KeyboardInterrupt:
@@ -249,6 +261,10 @@ def get_parser():
                         "(default: all 60000)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where to compute; auto picks cuda, then mps, then cpu (default: auto)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="the training step's arithmetic: bf16 runs the layers in bfloat16 (autocast) and the "
+                        "losses in float32; auto picks bf16 on a GPU or a CPU with AMX, else fp32; evaluation is "
+                        "always float32 (default: auto)")
     p.add_argument("--data-dir", default=os.path.join(HERE, "data"),
                    help="folder holding MNIST/raw; downloaded there if missing (default: data/ beside this file)")
     p.add_argument("--out", help="output folder (default: runs/<model>-<dataset> beside this file)")
@@ -291,7 +307,7 @@ def train_size(text):
 # The settings that decide what is computed. They are saved in every checkpoint; --resume
 # reads them back from there.
 CONFIG_KEYS = ["model", "dataset", "epochs", "batch_size", "lr", "lr_schedule", "n_components", "noise_std",
-               "seed", "train_size"]
+               "seed", "train_size", "precision"]
 
 
 def make_config(args):
@@ -314,6 +330,7 @@ def settings(args):
         raise UserError("the VAE's BatchNorm on its 250 features needs at least 2 images a batch; use a "
                         "larger --batch-size (and --train-size)")
     device = evaluate.pick_device(args.device)
+    config["precision"] = choose_precision(config["precision"], device)  # "auto" -> what this hardware does best
     out = check_out(args, config)
     if not args.resume:
         return config, device, out, None
@@ -322,6 +339,7 @@ def settings(args):
     keys = ["optimizer", "schedule", "epoch", "history", "rng"]
     if isinstance(checkpoint.get("config"), dict):  # saved before --lr-schedule existed: it had one schedule
         checkpoint["config"].setdefault("lr_schedule", "warmup_cosine")
+        checkpoint["config"].setdefault("precision", "fp32")  # and before --precision, float32 only
     if any(k not in checkpoint for k in keys) or any(k not in checkpoint["config"] for k in CONFIG_KEYS):
         raise UserError(f"{path} is not a complete training state; start over with --force")
     saved = checkpoint["config"]
@@ -340,6 +358,33 @@ def settings(args):
             raise UserError(f"--resume continues the run in {out} with its saved settings; "
                             f"drop {flag} (saved: {key} {saved[key]})")
     return saved, device, out, checkpoint
+
+
+def choose_precision(requested, device):
+    """The training step's precision for --precision on `device`: fp32 or bf16 (see Precision above)."""
+    if requested == "bf16" and device.type == "mps":
+        raise UserError("--precision bf16: this torch's autocast does not run bfloat16 on mps; use --precision fp32")
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu" and cpu_has_amx():
+        return "bf16"
+    return "fp32"
+
+
+def cpu_has_amx(cpuinfo="/proc/cpuinfo"):
+    # Intel's AMX tile units multiply bfloat16 matrices several times faster than float32. Linux lists
+    # them among the processor's flags; oneDNN, which runs torch's CPU matmuls and convolutions, can
+    # be told to act as an older processor (ONEDNN_MAX_CPU_ISA=AVX512_CORE, say), and then has none.
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if limit not in ("ALL", "DEFAULT") and "AMX" not in limit:
+        return False
+    try:
+        with open(cpuinfo) as f:
+            return "amx_bf16" in f.read().split()
+    except OSError:  # not Linux: no way to tell here, so float32
+        return False
 
 
 def check_out(args, config):

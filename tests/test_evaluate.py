@@ -444,3 +444,17 @@ def test_encoder_for_codes_leaves_out_a_last_batch_of_one():
     reference = evaluate.encoder_for_codes(model, images[:1000], "variance", "cpu")
     for a, b in zip(adapted.state_dict().values(), reference.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_the_validation_probe_is_fitted_on_the_first_five_sixths_and_read_on_the_last_sixth():
+    # 60 codes: on the first 50 the digit (0 or 1) is the sign of the code; on the last 10 the sign
+    # is flipped. A probe fitted on the first 50 reads every one of the last 10 wrongly; one fitted
+    # with the last 10 among its data, or read on the first 10, reads some of them rightly.
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(60) % 2
+    sign = (2 * labels - 1).double()
+    sign[50:] *= -1
+    size = 1 + torch.rand(60, generator=gen, dtype=torch.float64)
+    codes = torch.stack([sign * size, torch.zeros(60, dtype=torch.float64)], 1)  # (60, 2)
+    assert evaluate.probe_validation_accuracy(codes, labels) == 0.0
+    assert evaluate.probe_accuracy(codes[10:], labels[10:], codes[:10], labels[:10]) == 1.0  # the wrong end

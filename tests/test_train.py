@@ -21,11 +21,12 @@ def test_every_flag_reaches_the_config_even_when_zero():
                        "--lr-schedule", "constant", "--n-components", "4", "--noise-std", "0", "--seed", "0",
                        "--train-size", "123")
     assert config == {"model": "dae", "dataset": "mnist", "epochs": 7, "batch_size": 33, "lr": 0.25,
-                      "lr_schedule": "constant", "n_components": 4, "noise_std": 0.0, "seed": 0, "train_size": 123}
+                      "lr_schedule": "constant", "n_components": 4, "noise_std": 0.0, "seed": 0, "train_size": 123,
+                      "precision": "auto"}
     assert config_of("dae", "--seed", "-1")["seed"] == -1
     assert config_of("vae") == {"model": "vae", "dataset": "variance", "epochs": 3, "batch_size": 128, "lr": 4e-3,
                                 "lr_schedule": "warmup_cosine", "n_components": 10, "noise_std": 0.2, "seed": 0,
-                                "train_size": 60000}
+                                "train_size": 60000, "precision": "auto"}
     assert config_of("bae", "--long")["epochs"] == 20 and config_of("bae", "--long", "--epochs", "2")["epochs"] == 2
     # the DAE's --long is the original recipe's training length, batch, step and schedule; a flag still wins
     long_dae = config_of("dae", "--long", "--batch-size", "64", "--lr-schedule", "warmup_cosine")
