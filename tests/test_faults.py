@@ -255,8 +255,9 @@ def test_ctrl_c_saves_and_resume_matches_an_uninterrupted_run(tmp_path, mnist_di
     a, b = torch.load(tmp_path / "straight" / "model.pt", weights_only=True), torch.load(out / "model.pt", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), "resumed weights differ"
     assert a["config"] == b["config"]
-    for key in ("loss_history", "test_loss_history"):
+    for key in ("loss_history", "test_loss_history", "step_losses"):
         assert a["history"][key] == b["history"][key], key
+    assert len(b["history"]["step_losses"]) == 3 * 60  # every step of the 3 epochs, the resumed one's too
 
 
 def test_resume_refuses_changed_settings(tmp_path, mnist_dir, capsys):
