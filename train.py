@@ -6,10 +6,12 @@
     python train.py --model vae --long       # the longer run behind the README's pictures
     python train.py --model bae --dataset variance   # the negative control: BAE fails there
 
-Writes into --out (default runs/<model>-<dataset> beside this file): model.pt (the weights and the
-config that rebuilds the model), then everything evaluate.py writes (metrics.json, codes, PCA,
-pictures). While training it keeps resume.pt, the training state at the start and after every
-epoch, so Ctrl-C or a crash loses at most the epoch in progress; `--resume` continues from it.
+Writes into --out (default runs/<model>-<dataset> beside this file): model.pt (the weights, the
+config that rebuilds the model, the history of every step's loss), the training curve loss.ppm/.png
+and report.md (even with --no-eval), then everything evaluate.py writes (metrics.json, codes, PCA,
+pictures, report.md again with the numbers). While training it keeps resume.pt, the training state
+at the start and after every epoch, so Ctrl-C or a crash loses at most the epoch in progress;
+`--resume` continues from it.
 
 Read it in this order: DEFAULTS (the hyperparameters), loss_function (the one switch from --model
 to its loss), warmup_cosine and constant (the learning-rate schedules), train (the loop), run (the
