@@ -13,7 +13,9 @@ Every number comes beside what gives it meaning:
   each code dimension (which ones are in use).
 
 Writes beside the checkpoint, so evaluating a saved model again reproduces its folder:
+    report.md                           the run on one page: its command, the numbers, every picture captioned
     metrics.json                        all the numbers, the loss history, timings, config, versions
+    loss.ppm/.png                       the training loss of every step and the test loss of every epoch
     codes_{train,test}.npy, labels_{train,test}.npy     the K-dim codes, to check the probe yourself
     pca_test.npy, pca_test.ppm/.png     the test codes projected to 2-D by PCA, one colour per digit
     recon.pgm/.png                      test digits and what the model makes of them, row by row
@@ -24,11 +26,11 @@ Writes beside the checkpoint, so evaluating a saved model again reproduces its f
 Read it in this order: the probe and the nearest-neighbour readout, PCA, the codes (and
 adapt_batchnorm for the DAE), the baselines, the quality numbers, the pictures, and
 evaluate_checkpoint, which runs them all. Below the marked line: files (atomic writes, checkpoints,
-the cached baselines, the scatter plot, image formats) and the command line. The formulas it
-measures with (the corruption, the optimal mask, the -ELBO) are ae.py's and the varianceMNIST draw
-is data.py's, so this file needs those two beside it, plus torch, torchvision, numpy and Pillow
-(which torchvision installs); the probe, the nearest codes and the PCA need only torch and can be
-copied out alone.
+the cached baselines, the scatter plot, the training curve, image formats, report.md) and the
+command line. The formulas it measures with (the corruption, the optimal mask, the -ELBO) are
+ae.py's and the varianceMNIST draw is data.py's, so this file needs those two beside it, plus
+torch, torchvision, numpy and Pillow (which torchvision installs); the probe, the nearest codes
+and the PCA need only torch and can be copied out alone.
 """
 
 import argparse
@@ -71,38 +73,42 @@ def standardiser(train_codes):
     return lambda codes: (codes.detach().double().cpu() - mean) / std
 
 
-def fit_probe(codes, labels, n_classes=10, l2=1e-4, max_iter=200):
+def fit_probe(codes, labels, n_classes=10, l2=1e-4, max_iter=200, dtype=torch.float64):
     """Returns a function codes -> predicted labels. Codes (N, K) float, labels (N,) int64."""
     # Standardise each code dimension with the training statistics, so that L-BFGS meets a
     # well-conditioned problem and the small L2 penalty weighs every dimension alike, whatever
-    # scale the encoder gave it. float64 on the CPU makes the fit deterministic and accurate,
-    # whatever device trained the model.
+    # scale the encoder gave it. On the CPU the fit is deterministic, whatever device trained the
+    # model; float64 for the codes, float32 for the 784 pixels (pixel_baselines), where it reaches
+    # the same accuracy and, with the layout below, a cold cache's fits take a third of the time
+    # they took in float64 (docs/robustness.md).
     standardise = standardiser(codes)
-    X, y = standardise(codes), labels.cpu()
-    W = torch.zeros(X.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, history_size=20,
+    X, y = standardise(codes).to(dtype), labels.cpu()
+    # W is (classes, K), F.linear's layout: the gradient X^T G is then computed as (G^T X)^T, the
+    # product a CPU does fastest for a tall X (N, K) and few classes
+    W = torch.zeros(n_classes, X.shape[1], dtype=dtype, requires_grad=True)
+    b = torch.zeros(n_classes, dtype=dtype, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, history_size=100,
                             tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        # cross-entropy of softmax(X W + b), plus a small L2 penalty so that the optimum is finite
+        # cross-entropy of softmax(X W^T + b), plus a small L2 penalty so that the optimum is finite
         # even when the classes are separable
-        loss = F.cross_entropy(X @ W + b, y) + l2 * W.pow(2).sum()
+        loss = F.cross_entropy(F.linear(X, W, b), y) + l2 * W.pow(2).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
     W, b = W.detach(), b.detach()
-    return lambda c: (standardise(c) @ W + b).argmax(1)
+    return lambda c: F.linear(standardise(c).to(dtype), W, b).argmax(1)
 
 
 def accuracy(predict, codes, labels):
     return (predict(codes) == labels.cpu()).double().mean().item()
 
 
-def probe_accuracy(train_codes, train_labels, test_codes, test_labels):
-    return accuracy(fit_probe(train_codes, train_labels), test_codes, test_labels)
+def probe_accuracy(train_codes, train_labels, test_codes, test_labels, dtype=torch.float64):
+    return accuracy(fit_probe(train_codes, train_labels, dtype=dtype), test_codes, test_labels)
 
 
 def probe_validation_accuracy(train_codes, train_labels):
@@ -292,9 +298,10 @@ def input_baselines(train_x, train_labels, test_x, test_labels, dataset, k):
 
 
 def pixel_baselines(train_x, train_labels, test_x, test_labels, dataset):
-    result = {"pixels": probe_accuracy(train_x, train_labels, test_x, test_labels)}
+    # float32: the two fits on 784 pixels are most of a first run's evaluation (fit_probe)
+    result = {"pixels": probe_accuracy(train_x, train_labels, test_x, test_labels, torch.float32)}
     if dataset == "variance":
-        result["pixels_squared"] = probe_accuracy(train_x ** 2, train_labels, test_x ** 2, test_labels)
+        result["pixels_squared"] = probe_accuracy(train_x ** 2, train_labels, test_x ** 2, test_labels, torch.float32)
     return result
 
 
@@ -546,6 +553,18 @@ def save_pictures(out, model, config, splits, codes, metrics, device, gen):
         save_picture(os.path.join(out, "traversal"), grid(traversal_rows(model, config, x, metrics["kl_per_dimension"])))
 
 
+def save_loss_curve(out, history, config):
+    """loss.ppm/.png: the training loss of every step and the test loss of every epoch (history from
+    train.py); nothing for a model.pt from before the steps' losses were kept."""
+    steps, epochs = history.get("step_losses", []), len(history.get("test_loss_history", []))
+    n = config.get("train_size", 60000)
+    if not steps or len(steps) != epochs * (n // min(config.get("batch_size", n), n)):
+        return False
+    picture = loss_curve_image(steps, history["test_loss_history"], len(steps) // epochs)
+    save_picture(os.path.join(out, "loss"), torch.from_numpy(picture).permute(2, 0, 1) / 255.0, grey=False)
+    return True
+
+
 # -------------------------------------------------------------------------------------------------
 # Evaluating a checkpoint of train.py: everything above, in order.
 
@@ -571,10 +590,12 @@ def evaluate_checkpoint(path, data_dir, device="cpu", is_images=IS_IMAGES, is_sa
                                          "vae": "the true model (and -log p(x) by importance sampling)"}[config["model"]])
     metrics.update(quality(model, config, splits, device, gen, is_images, is_samples))
     save_pictures(out, model, config, splits, codes, metrics, device, gen)
+    save_loss_curve(out, history, config)
     metrics.update(run_record(history, config, device))
     atomic_write(os.path.join(out, "metrics.json"), lambda f: f.write(json.dumps(metrics, indent=2).encode()))
+    write_report(out, config, history, metrics)
     print_summary(metrics)
-    print(f"wrote metrics.json, codes, PCA and pictures to {out}")
+    print(f"wrote metrics.json, codes, PCA, pictures and report.md to {out}")
     return metrics
 
 
@@ -594,7 +615,11 @@ def save_codes(out, codes_train, codes_test, splits):
 
 
 def print_summary(metrics):
-    # A few labelled lines, each number beside what gives it meaning.
+    print("\n".join(summary_lines(metrics)))
+
+
+def summary_lines(metrics):
+    # A few labelled lines, each number beside what gives it meaning (printed, and in report.md).
     b, model = metrics["baselines"], metrics["config"]["model"]
     validation = metrics.get("probe_validation_accuracy")
     lines = [f"probe: test accuracy {metrics['probe_test_accuracy']:.2%} (train {metrics['probe_train_accuracy']:.2%}"
@@ -625,7 +650,7 @@ def print_summary(metrics):
                      + (f" >= the true model's {metrics['subset_oracle_nll']:.1f}" if true_model else ""))
         lines.append(f"  code dimensions in use: {metrics['active_units']} of {len(metrics['kl_per_dimension'])}; KL of "
                      f"each: {' '.join(f'{v:.1f}' for v in sorted(metrics['kl_per_dimension'], reverse=True))}")
-    print("\n".join(lines))
+    return lines
 
 
 # =================================================================================================
@@ -638,7 +663,7 @@ def print_summary(metrics):
 OUTPUTS = ["metrics.json", "codes_train.npy", "codes_test.npy", "labels_train.npy", "labels_test.npy",
            "pca_test.npy", "pca_test.ppm", "pca_test.png", "recon.pgm", "recon.png", "interpolation.pgm",
            "interpolation.png", "neighbours.pgm", "neighbours.png", "samples.pgm", "samples.png", "traversal.pgm",
-           "traversal.png"]
+           "traversal.png", "loss.ppm", "loss.png", "report.md"]
 
 
 def atomic_write(path, write):
@@ -723,7 +748,7 @@ def say(message):
     print(message, flush=True)
 
 
-BASELINES_VERSION = 2
+BASELINES_VERSION = 3  # 3: the pixels' probes in float32, L-BFGS remembering 100 steps
 
 
 def cached_input_baselines(data_dir, splits, dataset, k):
@@ -747,7 +772,7 @@ def cached_input_baselines(data_dir, splits, dataset, k):
                   flat_inputs(splits.test_images, dataset, SEEDS["test"]), splits.test_labels)
         if key not in cache:
             say(f"  the probe on the pixels of the {splits.train_images.shape[0]} training inputs: computed once "
-                f"(a few minutes on 2 CPU cores) and kept in {path}")
+                f"(the longest step of a first run) and kept in {path}")
             cache[key] = pixel_baselines(*inputs, dataset)
         cache[key][f"pca K={k}"] = pca_baseline(*inputs, k)
         try:
@@ -788,6 +813,90 @@ def scatter_image(points, labels, size=480, key_width=60):
     return np.array(picture)  # a writable copy
 
 
+def smoothed(values, window):
+    # The mean of the last `window` values at each step (fewer at the start): s_i = mean(v[i-w+1 .. i])
+    v = np.cumsum(np.concatenate([[0.0], np.asarray(values, np.float64)]))
+    i = np.arange(1, len(v))
+    return (v[i] - v[np.maximum(0, i - window)]) / (i - np.maximum(0, i - window))
+
+
+def loss_axis(step_losses, test_losses, window):
+    """(lo, hi): the y-axis of the training curve. It spans the smoothed training loss after the first
+    5% of the steps and every test loss, plus 5% of that span on each side; the first steps, often
+    far higher (the VAE's by thousands of nats), are cut at the top edge."""
+    shown = np.concatenate([smoothed(step_losses, window)[len(step_losses) // 20:], test_losses])
+    lo, hi = shown.min(), shown.max()
+    pad = 0.05 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.05
+    return lo - pad, hi + pad
+
+
+LOSS_MARGINS = dict(left=64, right=16, top=24, bottom=40)  # pixels around the plot area of loss.ppm
+
+
+def loss_curve_image(step_losses, test_losses, steps_per_epoch, width=720, height=360):
+    """The training curve (height, width, 3) uint8: the loss of every step (light blue), its mean over
+    the last `loss_window(n)` steps (blue), the test loss after each epoch (orange dots), a grey line
+    at the end of each epoch. With n steps, (lo, hi) = loss_axis and the plot area's corners at
+    (left, top) and (width - right - 1, height - bottom - 1) (LOSS_MARGINS), the loss v after t steps
+    (of epoch e's test loss: t = e * steps_per_epoch) is drawn at
+        column left + floor(t / n * (width - left - right - 1) + 0.5)
+        row    top + floor((hi - v) / (hi - lo) * (height - top - bottom - 1) + 0.5), kept inside.
+    """
+    n, m = len(step_losses), LOSS_MARGINS
+    window = loss_window(n)
+    lo, hi = loss_axis(step_losses, test_losses, window)
+    plot_w, plot_h = width - m["left"] - m["right"] - 1, height - m["top"] - m["bottom"] - 1
+
+    def column(t):
+        return m["left"] + np.floor(np.asarray(t, np.float64) / n * plot_w + 0.5).astype(int)
+
+    def row(v):
+        r = m["top"] + np.floor((hi - np.asarray(v, np.float64)) / (hi - lo) * plot_h + 0.5).astype(int)
+        return np.clip(r, m["top"], m["top"] + plot_h)
+
+    picture = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(picture)
+    right, bottom = m["left"] + plot_w, m["top"] + plot_h
+    for tick in nice_ticks(lo, hi):  # the y-axis: a few round numbers, a faint line across each
+        draw.line([(m["left"], int(row(tick))), (right, int(row(tick)))], fill=(235, 235, 235))
+        label = f"{tick:.{max(0, -int(np.floor(np.log10(nice_ticks(lo, hi, step_only=True)))))}f}"
+        draw.text((m["left"] - 6, int(row(tick))), label, fill=(0, 0, 0), anchor="rm")
+    epochs = len(test_losses)
+    every = max(1, int(np.ceil(epochs / 20)))  # at most 20 epoch labels
+    for e in range(epochs + 1):  # the x-axis: the end of each epoch
+        x = int(column(e * steps_per_epoch))
+        if 0 < e < epochs:
+            draw.line([(x, m["top"]), (x, bottom)], fill=(190, 190, 190))
+        if e % every == 0 or e == epochs:
+            draw.text((x, bottom + 6), str(e), fill=(0, 0, 0), anchor="mt")
+    draw.text(((m["left"] + right) // 2, height - 4), f"epoch ({steps_per_epoch} steps each)", fill=(0, 0, 0),
+              anchor="mb")
+    draw.rectangle([m["left"], m["top"], right, bottom], outline=(120, 120, 120))
+    t = np.arange(1, n + 1)  # the loss of step t, drawn after t steps
+    for values, colour in ((step_losses, (174, 199, 232)), (smoothed(step_losses, window), (31, 119, 180))):
+        draw.line(list(zip(column(t).tolist(), row(values).tolist())), fill=colour)
+    for e, v in enumerate(test_losses, start=1):
+        x, y = int(column(e * steps_per_epoch)), int(row(v))
+        draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(255, 127, 14))
+    draw.text((m["left"], 5), f"training loss of each step (light) and its mean over {window} steps; "
+              f"test loss after each epoch (orange)", fill=(0, 0, 0))
+    return np.array(picture)
+
+
+def loss_window(n_steps):
+    return max(1, n_steps // 100)  # the smoothing: 1% of the run
+
+
+def nice_ticks(lo, hi, count=5, step_only=False):
+    # About `count` round values (1, 2 or 5 times a power of ten apart) between lo and hi.
+    raw = (hi - lo) / count
+    power = 10.0 ** np.floor(np.log10(raw))
+    step = next(f * power for f in (1, 2, 5, 10) if f * power >= raw)
+    if step_only:
+        return step
+    return [k * step for k in range(int(np.ceil(lo / step)), int(np.floor(hi / step)) + 1)]
+
+
 def encode_pnm(image):
     # Binary PGM (P5, grey) or PPM (P6, colour): a text header "P5 width height 255", then the raw
     # bytes, row by row. The simplest image format there is; most viewers open it.
@@ -804,6 +913,71 @@ def save_picture(path_stem, picture, grey=True):
         pixels = pixels[:, :, 0]
     atomic_write(path_stem + (".pgm" if grey else ".ppm"), lambda f: f.write(encode_pnm(pixels)))
     atomic_write(path_stem + ".png", lambda f: save_image(picture, f, format="png"))
+
+
+def write_report(out, config, history, metrics=None):
+    """report.md: the run on one page, for any Markdown viewer: the command that rebuilds it, the
+    summary's lines (metrics.json's numbers, as print_summary prints them), then every picture in
+    the folder with a line saying what each row is, in the order to look at them."""
+    flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in config.items() if key != "model")
+    lines = [f"# {config['model'].upper()} on {'varianceMNIST' if config['dataset'] == 'variance' else 'MNIST'}", "",
+             "The run, rebuilt by:", "", f"    python train.py --model {config['model']} {flags}", ""]
+    if history.get("train_seconds") is not None:
+        lines += [f"Trained {len(history.get('loss_history', []))} epochs in {history['train_seconds']:.1f} s.", ""]
+    if metrics is None:
+        lines += ["Not evaluated (`--no-eval`): `python evaluate.py model.pt` writes the numbers and the other "
+                  "pictures.", ""]
+    else:
+        lines += ["## The numbers, each beside what gives it meaning", "",
+                  "As the run printed them; every number is in `metrics.json`.", "", "```text",
+                  *summary_lines(metrics), "```", ""]
+    pictures = [(name, caption) for name, caption in picture_captions(config, history)
+                if os.path.exists(os.path.join(out, name + ".png"))]
+    if pictures:
+        lines += ["## The pictures", ""]
+    for name, caption in pictures:
+        lines += [f"**{name}.png**: {caption}", "", f"![{name}]({name}.png)", ""]
+    atomic_write(os.path.join(out, "report.md"), lambda f: f.write("\n".join(lines).encode()))
+
+
+def picture_captions(config, history):
+    # (picture, what it shows), in the order a learner should look at them: did it train, what it
+    # does to a digit, what its code space holds. The rows named as recon_rows & co. draw them.
+    model, signed = config["model"], config["dataset"] == "variance"
+    steps, epochs = history.get("step_losses") or [], len(history.get("test_loss_history") or [])
+    captions = []
+    if steps:
+        window = loss_window(len(steps))
+        lo, hi = loss_axis(steps, history["test_loss_history"], window)
+        cut = int((smoothed(steps, window) > hi).sum())  # at the start: loss_axis leaves out the first 5%
+        captions.append(("loss", f"the training loss of each of the {len(steps)} steps (light blue) and its mean "
+                                 f"over the last {window} (blue); the test loss after each of the {epochs} epochs "
+                                 f"(orange dots)" + (f"; the y-axis leaves out the first steps: the mean is above it "
+                                                     f"for {cut} steps (the highest loss of a step: {max(steps):.5g})"
+                                                     if cut else "")))
+    rows = ["the digit s (the first test image of each class)"]
+    rows += ["the input x = s * e (mid-grey is 0)"] if signed else []
+    rows += {"bae": ["the reconstruction"],
+             "dae": ["the corrupted input x~ = x + n", "the output x~ * m", "the mask m"]
+             + (["the optimal mask s^2 / (s^2 + sigma_n^2)"] if signed and config["noise_std"] > 0 else []),
+             "vae": ["the predictive mean mu_x", "the predictive standard deviation sigma_x",
+                     "a draw x ~ N(mu_x, sigma_x^2)"]}[model]
+    captions.append(("recon", "rows, top to bottom: " + "; ".join(rows)))
+    shape = {"bae": "images", "dae": "masks", "vae": "predictive standard deviations"}[model]
+    captions.append(("interpolation", f"each row: a test digit, the decoded {shape} of 10 codes on the straight "
+                                      f"line from its code to the next digit's"
+                                      + (" (codes of corrupted inputs)" if model == "dae" else "") + ", that digit"))
+    if model == "vae":
+        captions.append(("traversal", "each row: one code dimension, the most KL first: the predictive standard "
+                                      "deviation as that dimension of one digit's code goes from -3 to +3; a flat "
+                                      "row is a dimension in no use"))
+        captions.append(("samples", "codes drawn from the prior N(0, I): each pair of rows, their predictive "
+                                    "standard deviations, then a draw x ~ p(x | z) of each"))
+    captions.append(("neighbours", "each row: a test digit, then the 8 training images whose codes are nearest to "
+                                   "its code, nearest first"))
+    captions.append(("pca_test", "the 10000 test codes on their first two principal components, one colour per "
+                                 "digit"))
+    return captions
 
 
 class OneLineParser(argparse.ArgumentParser):

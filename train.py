@@ -6,10 +6,12 @@
     python train.py --model vae --long       # the longer run behind the README's pictures
     python train.py --model bae --dataset variance   # the negative control: BAE fails there
 
-Writes into --out (default runs/<model>-<dataset> beside this file): model.pt (the weights and the
-config that rebuilds the model), then everything evaluate.py writes (metrics.json, codes, PCA,
-pictures). While training it keeps resume.pt, the training state at the start and after every
-epoch, so Ctrl-C or a crash loses at most the epoch in progress; `--resume` continues from it.
+Writes into --out (default runs/<model>-<dataset> beside this file): model.pt (the weights, the
+config that rebuilds the model, the history of every step's loss), the training curve loss.ppm/.png
+and report.md (even with --no-eval), then everything evaluate.py writes (metrics.json, codes, PCA,
+pictures, report.md again with the numbers). While training it keeps resume.pt, the training state
+at the start and after every epoch, so Ctrl-C or a crash loses at most the epoch in progress;
+`--resume` continues from it.
 
 Read it in this order: DEFAULTS (the hyperparameters), loss_function (the one switch from --model
 to its loss), warmup_cosine and constant (the learning-rate schedules), train (the loop), run (the
@@ -114,7 +116,7 @@ def train(model, config, train_images, test_images, out, checkpoint=None):
     shape = SCHEDULES[config["lr_schedule"]]  # the learning rate as a fraction of config["lr"]
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: shape(step, config["epochs"] * steps))
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=config["precision"] == "bf16")
-    history, start = {"loss_history": [], "test_loss_history": [], "train_seconds": 0.0}, 0
+    history, start = {"loss_history": [], "test_loss_history": [], "step_losses": [], "train_seconds": 0.0}, 0
     if checkpoint is None:
         save_training_state(out, model, optimizer, schedule, config, history, epoch=0)
     else:
@@ -178,6 +180,8 @@ def run(args):
     for name in evaluate.OUTPUTS + ["resume.pt"]:  # an old evaluation no longer describes model.pt
         if os.path.exists(os.path.join(out, name)):
             os.remove(os.path.join(out, name))
+    evaluate.save_loss_curve(out, history, config)  # loss.ppm/.png and report.md even with --no-eval;
+    evaluate.write_report(out, config, history)  # the evaluation rewrites the report with its numbers
     print(f"trained in {history['train_seconds']:.1f} s ({history['samples_per_second']:.0f} img/s); "
           f"saved {os.path.join(out, 'model.pt')}", flush=True)
     if not args.no_eval:
@@ -440,6 +444,7 @@ def restore_training_state(checkpoint, model, optimizer, schedule):
         optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["schedule"])
         set_rng_state(checkpoint["rng"], next(model.parameters()).device)
+        checkpoint["history"].setdefault("step_losses", [])  # a resume.pt from before they were kept
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"resume.pt does not fit this model and optimizer ({str(e).splitlines()[0][:120]}); "
                         f"start over with --force") from None
@@ -466,12 +471,13 @@ def set_rng_state(state, device):
 
 def end_of_epoch(model, loss_fn, optimizer, schedule, config, history, epoch_record, epoch, test_images, out):
     # The bookkeeping after each epoch: stop if the loss is not finite, record the epoch's mean
-    # loss, the test loss and the time, save the training state for --resume, print one line.
+    # loss, each step's loss, the test loss and the time, save the training state for --resume, print one line.
     losses, bs, t0 = epoch_record  # each step's loss (on the device), the batch size, the epoch's start
     losses = losses.cpu()  # waits for the last step, so the time is right on a GPU too
     seconds = time.perf_counter() - t0
     stop_if_not_finite(losses, epoch, out)
     history["loss_history"].append(losses.double().mean().item())
+    history["step_losses"] += losses.tolist()  # every step's loss, for the training curve (loss.ppm)
     history["test_loss_history"].append(test_loss(model, loss_fn, test_images, config["dataset"], bs))
     history["train_seconds"] += seconds
     save_training_state(out, model, optimizer, schedule, config, history, epoch=epoch + 1)

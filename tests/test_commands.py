@@ -1,6 +1,8 @@
 """End-to-end runs of the real commands on real MNIST at a small size, from another folder."""
 
 import json
+import re
+import shlex
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from PIL import Image
 import ae
 import data
 import evaluate
+import train
 from conftest import run_script
 
 SMALL = ["--epochs", "1", "--train-size", "2000", "--batch-size", "64"]
@@ -137,6 +140,7 @@ def test_train_then_evaluate(model, mnist_dir, tmp_path):
     assert not (out / "resume.pt").exists()  # a finished run leaves only its result
 
     assert ckpt["config"] == metrics["config"]
+    check_report_and_curve(out, metrics, ckpt["history"])
 
     # evaluating the saved model again, from anywhere, reproduces the folder byte for byte: the
     # DAE's adapted copy, the baselines, the VAE's importance sampling and pictures are deterministic
@@ -150,6 +154,28 @@ def test_train_then_evaluate(model, mnist_dir, tmp_path):
     assert again.keys() == first.keys()
     for name in first:
         assert again[name] == first[name], name
+
+
+def check_report_and_curve(out, metrics, history):
+    # loss.ppm: the training curve of every step (2000 // 64 = 31), the same pixels as loss.png
+    assert len(history["step_losses"]) == 31 and np.isclose(np.mean(history["step_losses"]), history["loss_history"][0])
+    curve = np.asarray(Image.open(out / "loss.ppm"))
+    assert curve.shape == (360, 720, 3) and np.array_equal(np.asarray(Image.open(out / "loss.png")), curve)
+    # report.md: every picture it names is in the folder, and each picture of the folder is in it
+    report = (out / "report.md").read_text()
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
+    assert links and all((out / name).exists() for name in links), links
+    assert set(links) == {p.name for p in out.glob("*.png")}
+    # its numbers are metrics.json's, in the lines the run printed, inside one ```text block
+    block = report.split("```text\n")[1].split("\n```")[0].splitlines()
+    assert block == evaluate.summary_lines(metrics)
+    for number in (metrics["probe_test_accuracy"], metrics["knn_test_accuracy"], metrics["baselines"]["untrained"],
+                   metrics["baselines"]["pixels"]):
+        assert f"{number:.2%}" in block[0] + block[1]
+    # and its command rebuilds the run's config
+    command = next(line.strip() for line in report.splitlines() if line.strip().startswith("python train.py"))
+    args = train.get_parser().parse_args(shlex.split(command)[2:])
+    assert train.make_config(args) == metrics["config"]
 
 
 def test_negative_control_bae_on_variance_mnist(mnist_dir, tmp_path):

@@ -151,6 +151,43 @@ def test_scatter_image_draws_every_point_in_its_digits_colour():
         assert (key == evaluate.PALETTE[d]).all(1).sum() == 15 * 15
 
 
+def test_loss_curve_draws_each_step_and_epoch_where_its_docstring_says():
+    # Oracle: the mapping in loss_curve_image's docstring and the axis of loss_axis's, redone in
+    # numpy for a known history of 3 epochs of 200 steps whose first steps are far higher.
+    n, per_epoch, width, height, left, right, top, bottom = 600, 200, 720, 360, 64, 16, 24, 40
+    t = np.arange(1, n + 1)
+    steps = 2 + np.cos(t / 40) + 0.3 * (t % 7 == 0)
+    steps[:10] = 500.0  # the VAE's kind of start: far above the rest
+    tests = [2.5, 1.2, 1.9]
+    img = evaluate.loss_curve_image(steps.tolist(), tests, per_epoch)
+    assert img.shape == (height, width, 3) and img.dtype == np.uint8
+    window = 6  # 1% of the steps
+    mean = np.array([steps[max(0, i - window + 1): i + 1].mean() for i in range(n)])
+    shown = np.r_[mean[n // 20:], tests]  # the first 5% left out of the axis
+    lo, hi = shown.min() - 0.05 * np.ptp(shown), shown.max() + 0.05 * np.ptp(shown)
+
+    def pixel(t, v):
+        col = left + np.floor(np.asarray(t) / n * (width - left - right - 1) + 0.5).astype(int)
+        row = top + np.floor((hi - np.asarray(v)) / (hi - lo) * (height - top - bottom - 1) + 0.5).astype(int)
+        return col, np.clip(row, top, height - bottom - 1)
+
+    blue, orange = np.array([31, 119, 180]), np.array([255, 127, 14])
+    cols, rows = pixel(t, mean)
+    dots = [pixel(e * per_epoch, v) for e, v in enumerate(tests, start=1)]
+    for c, r in dots:
+        assert (img[r, c] == orange).all(), (c, r)
+    drawn = 0
+    for c, r in zip(cols, rows):  # every step's mean, except where an epoch's dot covers it
+        if all(abs(c - dc) > 3 or abs(r - dr) > 3 for dc, dr in dots):
+            assert (img[r, c] == blue).all(), (c, r)
+            drawn += 1
+    assert drawn > n - 30 and rows[0] == top  # the first steps, cut at the top edge
+    # and nothing blue anywhere else: each blue pixel lies on a segment between two steps' points
+    for r, c in np.argwhere((img == blue).all(2)):
+        near = np.nonzero((np.minimum(cols[:-1], cols[1:]) <= c) & (c <= np.maximum(cols[:-1], cols[1:])))[0]
+        assert any(min(rows[i], rows[i + 1]) <= r <= max(rows[i], rows[i + 1]) for i in near), (r, c)
+
+
 class ConstantMask(torch.nn.Module):
     """A "DAE" whose mask is the constant k: for constant images, k = s^2 / (s^2 + sigma_n^2) is
     the optimal denoiser itself."""

@@ -120,6 +120,15 @@ def finished_run(tmp_path_factory, mnist_dir):
     return out
 
 
+def test_no_eval_still_writes_the_curve_and_the_report(finished_run):
+    # --no-eval: no numbers, but the training curve and a report that names it and the command
+    report = (finished_run / "report.md").read_text()
+    assert "![loss](loss.png)" in report
+    assert (finished_run / "loss.png").exists() and (finished_run / "loss.ppm").exists()
+    assert "Not evaluated" in report and "python train.py --model bae --dataset mnist --epochs 1 " in report
+    assert not (finished_run / "metrics.json").exists()
+
+
 def test_refuses_to_overwrite_a_finished_run(finished_run, mnist_dir, capsys):
     before = (finished_run / "model.pt").read_bytes()
     proc = call_main(train.main, ["--model", "bae", *TINY, "--data-dir", mnist_dir, "--out", finished_run], capsys)
@@ -255,8 +264,9 @@ def test_ctrl_c_saves_and_resume_matches_an_uninterrupted_run(tmp_path, mnist_di
     a, b = torch.load(tmp_path / "straight" / "model.pt", weights_only=True), torch.load(out / "model.pt", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), "resumed weights differ"
     assert a["config"] == b["config"]
-    for key in ("loss_history", "test_loss_history"):
+    for key in ("loss_history", "test_loss_history", "step_losses"):
         assert a["history"][key] == b["history"][key], key
+    assert len(b["history"]["step_losses"]) == 3 * 60  # every step of the 3 epochs, the resumed one's too
 
 
 def test_resume_refuses_changed_settings(tmp_path, mnist_dir, capsys):

@@ -97,9 +97,40 @@ def test_each_epochs_loss_is_the_mean_over_its_steps(tmp_path, monkeypatch):
     history = train.train(ae.BottleneckAE(3), config, tiny_images(45), tiny_images(30, 1), str(tmp_path))
     assert calls == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]  # 4 steps an epoch
     assert history["loss_history"] == [2.5, 6.5]
+    assert history["step_losses"] == calls  # every step's own loss, for the training curve
     assert history["test_loss_history"] == [7.0, 7.0]
     assert history["train_seconds"] > 0
     assert history["samples_per_second"] == pytest.approx(2 * 4 * 10 / history["train_seconds"])
+
+
+def test_a_resumed_run_keeps_every_steps_loss(tmp_path, monkeypatch):
+    # Stopped after its first epoch and resumed from resume.pt, a run has the same per-step history
+    # (and weights) as one that was never stopped.
+    config = {**train.SHARED_DEFAULTS, "model": "dae", "dataset": "variance", "epochs": 3, "batch_size": 10,
+              "lr": 1e-3}
+    images, test = tiny_images(40), tiny_images(20, 1)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    torch.manual_seed(0)
+    straight = ae.DenoisingAE(3)
+    whole = train.train(straight, config, images, test, str(tmp_path / "a"))
+    end_of_epoch = train.end_of_epoch
+
+    def stop_after_the_first(*args):
+        end_of_epoch(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "end_of_epoch", stop_after_the_first)
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(ae.DenoisingAE(3), config, images, test, str(tmp_path / "b"))
+    monkeypatch.setattr(train, "end_of_epoch", end_of_epoch)
+    checkpoint = torch.load(tmp_path / "b" / "resume.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1 and len(checkpoint["history"]["step_losses"]) == 4
+    resumed_model = ae.DenoisingAE(3)
+    resumed = train.train(resumed_model, config, images, test, str(tmp_path / "b"), checkpoint)
+    assert len(whole["step_losses"]) == 3 * 4 and resumed["step_losses"] == whole["step_losses"]
+    assert resumed["loss_history"] == whole["loss_history"]
+    assert all(torch.equal(v, straight.state_dict()[k]) for k, v in resumed_model.state_dict().items())
 
 
 @pytest.mark.parametrize("name", ["bae", "dae", "vae"])
