@@ -1,6 +1,7 @@
 """The probe, PCA, picture writers and atomic saves of evaluate.py, against numpy, PIL and toy
 problems with known answers."""
 
+import copy
 import io
 import math
 import os
@@ -444,3 +445,42 @@ def test_encoder_for_codes_leaves_out_a_last_batch_of_one():
     reference = evaluate.encoder_for_codes(model, images[:1000], "variance", "cpu")
     for a, b in zip(adapted.state_dict().values(), reference.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_knn_readout_takes_ten_neighbours_and_gives_a_tie_to_the_smaller_digit():
+    # One-dimensional codes 1, 2, ..., 11 with labels chosen so that the 9 nearest to 0 vote 2 (five
+    # to four), the 10 nearest tie five to five (so 1, the smaller digit), the 11 nearest vote 2 again.
+    codes = torch.arange(1.0, 12.0)[:, None]
+    labels = torch.tensor([2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2])
+    assert evaluate.knn_accuracy(codes, labels, torch.zeros(1, 1), torch.tensor([1])) == 1.0
+
+
+def test_adapted_copy_takes_its_statistics_from_clean_training_inputs():
+    # Oracle: adapt_batchnorm on the training inputs drawn here by hand, with the training seed, in
+    # the evaluation's chunks of 1000 (the images past the first 10000 are not used)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (1500, 1, 28, 28), generator=gen, dtype=torch.uint8)
+    torch.manual_seed(0)
+    model = ae.DenoisingAE(3).eval()
+    noise = torch.Generator().manual_seed(evaluate.SEEDS["train"])
+    s = images.float() / 255
+    batches = [part * torch.randn(part.shape, generator=noise) for part in s.split(1000)]
+    expected = evaluate.adapt_batchnorm(copy.deepcopy(model), batches).state_dict()
+    adapted = evaluate.encoder_for_codes(model, images, "variance", "cpu").state_dict()
+    assert all(torch.equal(adapted[k], expected[k]) for k in expected)
+    assert not torch.equal(adapted["encoder.2.running_var"], model.state_dict()["encoder.2.running_var"])
+
+
+def test_likelihood_estimate_draws_from_its_own_seed():
+    # Oracle: ae.importance_sampled_nll on the test seed's draw of the images, with a generator
+    # seeded SEEDS["likelihood"] made here; whatever else evaluation drew before does not matter.
+    torch.manual_seed(0)
+    model = ae.VAE(3).eval()
+    images = torch.randint(0, 256, (30, 1, 28, 28), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    s = images.float() / 255
+    x = s * torch.randn(s.shape, generator=torch.Generator().manual_seed(evaluate.SEEDS["test"]))
+    nlp, nelbo = ae.importance_sampled_nll(model, x, 4, generator=torch.Generator().manual_seed(evaluate.SEEDS["likelihood"]))
+    neg_log_p, neg_elbo, oracle = evaluate.likelihood_estimate(model, images, "variance", "cpu", 4)
+    assert neg_log_p == pytest.approx(nlp.mean().item(), rel=1e-6)
+    assert neg_elbo == pytest.approx(nelbo.mean().item(), rel=1e-6)
+    assert oracle == pytest.approx(evaluate.oracle_nll(s, -6.0).mean().item(), rel=1e-6)
