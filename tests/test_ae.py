@@ -257,7 +257,8 @@ def test_noise_functions_draw_from_the_generator_they_are_given():
     assert torch.equal(data.variance_batch(s, gen()), s * noise)
     assert torch.equal(data.make_batch((s * 255).to(torch.uint8), "variance", gen()),
                        data.to_float((s * 255).to(torch.uint8)) * noise)
-    assert torch.equal(ae.reparameterize(mu, logvar, gen()), mu + torch.exp(0.5 * logvar) * torch.randn(4, 5, generator=gen()))
+    expected = mu + torch.exp(0.5 * logvar) * torch.randn(4, 5, generator=gen())
+    assert torch.equal(ae.reparameterize(mu, logvar, gen()), expected)
     torch.manual_seed(5)
     a = ae.corrupt(x, 0.3)
     torch.manual_seed(5)

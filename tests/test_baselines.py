@@ -33,7 +33,8 @@ def test_a_cold_cache_gives_the_probe_on_the_evaluations_inputs(cold_mnist, spli
     # drawn here by hand with the training and test seeds.
     assert not os.path.exists(cache_file(cold_mnist))
     result = evaluate.cached_input_baselines(cold_mnist, splits, "variance", 3)
-    x, xt = fixed_draw(splits.train_images, evaluate.SEEDS["train"]), fixed_draw(splits.test_images, evaluate.SEEDS["test"])
+    x = fixed_draw(splits.train_images, evaluate.SEEDS["train"])
+    xt = fixed_draw(splits.test_images, evaluate.SEEDS["test"])
     assert result == evaluate.input_baselines(x, splits.train_labels, xt, splits.test_labels, "variance", 3)
     assert result["pixels"] < result["pixels_squared"]  # the digit is in x^2
     (key,) = json.load(open(cache_file(cold_mnist)))

@@ -190,7 +190,8 @@ def test_vae_oracle_nll_on_constant_images():
     torch.manual_seed(0)
     model = ae.VAE(3).eval()
     config = {"dataset": "variance"}
-    m = {**evaluate.vae_quality(model, config, images, "cpu"), **evaluate.bound_gaps(model, config, images[:10], "cpu", 3)}
+    m = {**evaluate.vae_quality(model, config, images, "cpu"),
+         **evaluate.bound_gaps(model, config, images[:10], "cpu", 3)}
     assert m["oracle_nll"] == pytest.approx((closed(128 / 255) + closed(0)) / 2, rel=1e-6)
     assert m["subset_oracle_nll"] == pytest.approx(closed(128 / 255), rel=1e-6)  # the first 10 images
     assert m["subset_size"] == 10 and m["is_samples"] == 3
@@ -477,7 +478,8 @@ def test_likelihood_estimate_draws_from_its_own_seed():
     images = torch.randint(0, 256, (30, 1, 28, 28), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
     s = images.float() / 255
     x = s * torch.randn(s.shape, generator=torch.Generator().manual_seed(evaluate.SEEDS["test"]))
-    nlp, nelbo = ae.importance_sampled_nll(model, x, 4, generator=torch.Generator().manual_seed(evaluate.SEEDS["likelihood"]))
+    gen = torch.Generator().manual_seed(evaluate.SEEDS["likelihood"])
+    nlp, nelbo = ae.importance_sampled_nll(model, x, 4, generator=gen)
     neg_log_p, neg_elbo, oracle = evaluate.likelihood_estimate(model, images, "variance", "cpu", 4)
     assert neg_log_p == pytest.approx(nlp.mean().item(), rel=1e-6)
     assert neg_elbo == pytest.approx(nelbo.mean().item(), rel=1e-6)
