@@ -6,7 +6,12 @@
 
 This file needs only torch, so it can be copied alone into another project. Every model maps a
 batch of images of shape (B, 1, 28, 28) to a K-dimensional code with `model.encode(x)`, and every
-loss is a plain function `loss(model, x) -> scalar` that the training loop calls.
+loss is a plain function `loss(model, x) -> scalar` that the training loop calls (the DAE's takes
+its corruption's noise_std too, which train.py fills in).
+
+"The original implementation" is the code this project grew from: varianceMNIST, a DAE and a VAE
+with a published run of each; "its recipe" is how it trained them (Adam at 1e-3, batches of 32,
+5 epochs for the DAE and 10 for the VAE), re-run in docs/reference-recipe.json.
 
 Ideas and papers:
 - bottleneck autoencoder: Hinton & Salakhutdinov, "Reducing the dimensionality of data with
@@ -84,7 +89,7 @@ def bae_loss(model, x):
 # e, so its best output is about 0 whatever the digit.
 
 
-# The layout is the original implementation's, with unpadded convolutions (28 -> 24 -> 20 instead of
+# The layout is the original implementation's (module docstring), with unpadded convolutions (28 -> 24 -> 20 instead of
 # 28 -> 26 -> 24: no worse, and a step is faster). Three of its BatchNorm choices carry its accuracy
 # when it is trained the recipe's way, long and in small batches (in the short default run the
 # layout as a whole made no difference): no BatchNorm on the 250 features (the largest of the three,
@@ -158,6 +163,22 @@ def dae_loss(model, x, noise_std=0.2):
 
 
 # -------------------------------------------------------------------------------------------------
+# Variational autoencoder.
+#
+# Generative model:   p(z) = N(0, I),   p(x | z) = N(x | mu_x(z), diag(exp(logvar_x(z))))
+# Approximate posterior (the encoder):   q(z | x) = N(z | mu_z(x), diag(exp(logvar_z(x))))
+#
+# The decoder predicts a variance for every pixel, which is exactly what varianceMNIST needs: the
+# digit's shape is in the variances. But background pixels of varianceMNIST are exactly 0, and a
+# Gaussian whose variance goes to 0 at a point where the data sits has a log-likelihood that goes
+# to +infinity. Left alone, training pours all its effort into shrinking the background variances
+# and never learns the strokes. So the predicted log-variance is floored, softly, at min_logvar:
+#
+#     logvar = min_logvar + softplus(logvar_raw - min_logvar)   (>= min_logvar, smooth, ~identity above)
+#
+# min_logvar = -6 means a smallest standard deviation of exp(-3) ~ 0.05 in [0, 1] pixel units.
+
+
 # The VAE's convolutional encoder and decoder: the DAE's shapes, but BatchNorm before each ReLU of
 # the encoder, on the 250 features too, and none in the decoder.
 # Two unpadded 5x5 convolutions take 28x28 to 24x24 to 20x20, so the flat feature is 16*20*20=6400.
@@ -186,23 +207,6 @@ def conv_decoder_body(n_components):
         nn.Unflatten(1, (16, 20, 20)),  # -> (B, 16, 20, 20)
         nn.ConvTranspose2d(16, 6, 5), nn.ReLU(),  # -> (B, 6, 24, 24)
     )
-
-
-# -------------------------------------------------------------------------------------------------
-# Variational autoencoder.
-#
-# Generative model:   p(z) = N(0, I),   p(x | z) = N(x | mu_x(z), diag(exp(logvar_x(z))))
-# Approximate posterior (the encoder):   q(z | x) = N(z | mu_z(x), diag(exp(logvar_z(x))))
-#
-# The decoder predicts a variance for every pixel, which is exactly what varianceMNIST needs: the
-# digit's shape is in the variances. But background pixels of varianceMNIST are exactly 0, and a
-# Gaussian whose variance goes to 0 at a point where the data sits has a log-likelihood that goes
-# to +infinity. Left alone, training pours all its effort into shrinking the background variances
-# and never learns the strokes. So the predicted log-variance is floored, softly, at min_logvar:
-#
-#     logvar = min_logvar + softplus(logvar_raw - min_logvar)   (>= min_logvar, smooth, ~identity above)
-#
-# min_logvar = -6 means a smallest standard deviation of exp(-3) ~ 0.05 in [0, 1] pixel units.
 
 
 class VAE(nn.Module):
@@ -237,13 +241,9 @@ class VAE(nn.Module):
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)  # >= min_logvar, see above
         return mu, logvar
 
-    def forward(self, x):
-        # the whole model on one sample of z, for a user's own use; the loss below reads the same
-        # steps apart in neg_elbo_terms
-        mu_z, logvar_z = self.encode_dist(x)
-        z = reparameterize(mu_z, logvar_z)
-        mu_x, logvar_x = self.decode(z)
-        return mu_x, logvar_x, mu_z, logvar_z
+    def forward(self, x, generator=None):
+        # the whole model on one sample of z, the steps the -ELBO takes (encode_sample_decode below)
+        return encode_sample_decode(self, x, generator)
 
 
 def reparameterize(mu, logvar, generator=None):
@@ -270,13 +270,20 @@ def gaussian_nll(x, mu, logvar, per_pixel=False):
     return nll if per_pixel else nll.flatten(1).sum(dim=1)  # -> (B,)
 
 
+def encode_sample_decode(model, x, generator=None):
+    # q(z | x) from the encoder, one sample z ~ q(z | x), p(x | z) from the decoder at that sample:
+    # (mu_x, logvar_x) of x's shape, (mu_z, logvar_z) (B, K)
+    mu_z, logvar_z = model.encode_dist(x)
+    z = reparameterize(mu_z, logvar_z, generator)
+    mu_x, logvar_x = model.decode(z)
+    return mu_x, logvar_x, mu_z, logvar_z
+
+
 def neg_elbo_terms(model, x, generator=None):
     """The two terms of the -ELBO of each image, from one reparameterised sample z ~ q(z | x):
     KL(q(z|x) || p(z)) of each latent dimension (B, K), and -log p(x | z) of each pixel, x's shape.
     Summed, they are the -ELBO; evaluation reads them apart (which dimensions, which pixels)."""
-    mu_z, logvar_z = model.encode_dist(x)
-    z = reparameterize(mu_z, logvar_z, generator)
-    mu_x, logvar_x = model.decode(z)
+    mu_x, logvar_x, mu_z, logvar_z = encode_sample_decode(model, x, generator)
     return (kl_to_standard_normal(mu_z, logvar_z, per_dimension=True),
             gaussian_nll(x, mu_x, logvar_x, per_pixel=True))
 

@@ -24,7 +24,7 @@ Writes beside the checkpoint, so evaluating a saved model again reproduces its f
     samples.pgm/.png, traversal.pgm/.png (VAE)   samples of the prior; each code dimension swept
 
 Read it in this order: the probe and the nearest-neighbour readout, PCA, the codes (and
-adapt_batchnorm for the DAE), the baselines, the quality numbers, the pictures, and
+adapt_batchnorm, for the DAE's encoder and the untrained ones), the baselines, the quality numbers, the pictures, and
 evaluate_checkpoint, which runs them all. Below the marked line: files (atomic writes, checkpoints,
 the cached baselines, the scatter plot, the training curve, image formats, report.md) and the
 command line. The formulas it measures with (the corruption, the optimal mask, the -ELBO) are
@@ -51,10 +51,13 @@ import ae  # the models, and the formulas evaluation measures them by (corruptio
 import data  # MNIST and the varianceMNIST draw
 
 # Evaluation noise comes from CPU generators with these seeds, one per use, so every device sees
-# the same numbers and the training and test images never share a noise field.
-# "model": the DAE's corruption, the VAE's samples and the pictures' noise; "likelihood": the samples
-# of z for the importance-sampled -log p(x).
-SEEDS = {"train": 2024, "test": 2025, "model": 2026, "likelihood": 2027}
+# the same numbers, the training and test images never share a noise field, and no use draws from
+# another's stream: the order in which evaluate_checkpoint runs its steps changes no number.
+# "train", "test": the varianceMNIST draws of the inputs; "quality": the DAE's corruption and the
+# VAE's samples of the quality numbers; "likelihood": the samples of z of the importance-sampled
+# -log p(x); "recon", "interpolation", "samples": the noise of each picture.
+SEEDS = {"train": 2024, "test": 2025, "quality": 2026, "likelihood": 2027, "recon": 2028, "interpolation": 2029,
+         "samples": 2030}
 
 
 # -------------------------------------------------------------------------------------------------
@@ -125,8 +128,9 @@ def probe_validation_accuracy(train_codes, train_labels):
 # The probe asks whether flat boundaries in code space separate the digits; the k-nearest-neighbour
 # readout only whether codes of the same digit lie near each other. Where it reads much more than
 # the probe, the code holds the digit in a form a line cannot read. The distances are taken after
-# the probe's standardisation, so that every code dimension counts alike; a nearly collapsed VAE
-# dimension (docs/sweeps.md) is then scaled up like the others, and adds mostly noise.
+# the probe's standardisation, so that every code dimension counts alike; a VAE dimension that is
+# nearly unused (its posterior almost the prior for every image: "collapsed", see active_units and
+# docs/sweeps.md) is then scaled up like the others, and adds mostly noise.
 
 
 def nearest_training_codes(train_codes, query_codes, k, chunk=1000):
@@ -146,7 +150,8 @@ def nearest_training_codes(train_codes, query_codes, k, chunk=1000):
 
 def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k=10, n_classes=10):
     # each test code gets the digit most of its k nearest training codes have (a tie: the smaller digit)
-    votes = F.one_hot(train_labels.cpu()[nearest_training_codes(train_codes, test_codes, k)], n_classes).sum(1)  # (M, 10)
+    nearest = nearest_training_codes(train_codes, test_codes, k)  # (M, k)
+    votes = F.one_hot(train_labels.cpu()[nearest], n_classes).sum(1)  # (M, k) -> (M, k, 10) -> (M, 10)
     return (votes.argmax(1) == test_labels.cpu()).double().mean().item()
 
 
@@ -155,9 +160,8 @@ def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k=10, n_cla
 
 
 def pca(X, k):
-    """Returns (mean (D,), components (k, D)) of the rows of X (N, D), in float64.
-
-    Project with (X - mean) @ components.T."""
+    """Returns (mean (D,), components (k, D)) of the rows of X (N, D), in float64; project with
+    `project`."""
     X = X.double()  # float64: forming Xc^T Xc below squares the condition number
     mean = X.mean(0)
     Xc = X - mean  # (N, D)
@@ -169,6 +173,11 @@ def pca(X, k):
     # A direction's sign is arbitrary; fix it (largest entry positive) so results are repeatable.
     signs = torch.sign(components.gather(1, components.abs().argmax(1, keepdim=True)))  # (k, 1)
     return mean, components * signs
+
+
+def project(X, mean, components):
+    # the coordinates of the rows of X (N, D) along the k principal directions: (N, D) -> (N, k)
+    return (X.double() - mean) @ components.T
 
 
 # -------------------------------------------------------------------------------------------------
@@ -230,9 +239,9 @@ def adapt_batchnorm(model, batches):
     return model
 
 
-def encoder_for_codes(model, train_images, dataset, device):
-    """A copy of `model` with its encoder's BatchNorm statistics estimated on 10000 clean training
-    inputs: for an encoder that was not trained on them (the DAE's, an untrained one)."""
+def adapted_copy(model, train_images, dataset, device):
+    """A copy of the whole `model`, its encoder's BatchNorm statistics estimated on 10000 clean
+    training inputs: for an encoder that was not trained on them (the DAE's, an untrained one)."""
     copied = copy.deepcopy(model)
     # chunks of 1000; a last chunk of one image (--train-size 1001, say) is left out, since the
     # VAE's BatchNorm1d has no variance to measure in it
@@ -254,14 +263,16 @@ def codes_and_labels(encoder, splits, dataset, device):
             codes_of(encoder, splits.test_images, dataset, device, SEEDS["test"]), splits.test_labels)
 
 
-def model_codes(model, config, splits, device):
-    """The codes the probe reads, (train (N, K), test (10000, K)), and the probe's metrics. The DAE's
-    are read from a copy with BatchNorm statistics of clean images (adapt_batchnorm); the probe on
-    the model's own statistics is reported too."""
+def codes_and_readouts(model, config, splits, device):
+    """The codes, (train (N, K), test (10000, K)), and what is read from them: the linear probe's
+    train and test accuracies, the k-NN readout's, and the VAE's active units. The DAE's codes are
+    read from a copy with BatchNorm statistics of clean images (adapted_copy); the probe on the
+    model's own statistics is reported too."""
     metrics, encoder = {}, model
     if config["model"] == "dae":
-        metrics["probe_test_accuracy_unadapted"] = probe_accuracy(*codes_and_labels(model, splits, config["dataset"], device))
-        encoder = encoder_for_codes(model, splits.train_images, config["dataset"], device)
+        own_statistics = codes_and_labels(model, splits, config["dataset"], device)
+        metrics["probe_test_accuracy_unadapted"] = probe_accuracy(*own_statistics)
+        encoder = adapted_copy(model, splits.train_images, config["dataset"], device)
     codes_train, _, codes_test, _ = codes_and_labels(encoder, splits, config["dataset"], device)
     predict = fit_probe(codes_train, splits.train_labels)
     metrics["probe_train_accuracy"] = accuracy(predict, codes_train, splits.train_labels)
@@ -307,7 +318,7 @@ def pixel_baselines(train_x, train_labels, test_x, test_labels, dataset):
 
 def pca_baseline(train_x, train_labels, test_x, test_labels, k):
     mean, comps = pca(train_x, k)  # fitted on the training inputs
-    return probe_accuracy((train_x.double() - mean) @ comps.T, train_labels, (test_x.double() - mean) @ comps.T, test_labels)
+    return probe_accuracy(project(train_x, mean, comps), train_labels, project(test_x, mean, comps), test_labels)
 
 
 def untrained_model(model_class, config):
@@ -322,7 +333,7 @@ def baselines(config, splits, device, data_dir):
     """The probe on the inputs (cached beside MNIST, below the line) and on the untrained encoder."""
     untrained = untrained_model(ae.MODELS[config["model"]], config).to(device).eval()
     if config["model"] != "bae":  # a conv encoder: BatchNorm statistics from the data, no training
-        untrained = encoder_for_codes(untrained, splits.train_images, config["dataset"], device)
+        untrained = adapted_copy(untrained, splits.train_images, config["dataset"], device)
     return {**cached_input_baselines(data_dir, splits, config["dataset"], config["n_components"]),
             "untrained": probe_accuracy(*codes_and_labels(untrained, splits, config["dataset"], device))}
 
@@ -341,27 +352,34 @@ def bae_quality(model, config, train_images, test_images, device):
     for _, x in fixed_inputs(test_images, dataset, device, SEEDS["test"]):
         sq += (model(x) - x).pow(2).sum().item()
         xf = x.cpu().flatten(1).double()  # (B, 1, 28, 28) -> (B, 784)
-        recon = (xf - mean) @ comps.T @ comps + mean  # project onto the K directions and back
+        recon = project(xf, mean, comps) @ comps + mean  # onto the K directions and back
         pca_sq += (recon - xf).pow(2).sum().item()
     return {"test_mse": sq / n, "pca_test_mse": pca_sq / n}
 
 
+def split_by_stroke(excess, s):
+    # The sums of `excess` (B, 1, 28, 28) over the digit's stroke pixels (s > 0) and over the
+    # background (s = 0), in float64 on the CPU (MPS has none).
+    excess, s = excess.cpu().double(), s.cpu()
+    return excess[s > 0].sum().item(), excess[s == 0].sum().item()
+
+
 @torch.no_grad()
-def dae_quality(model, config, test_images, device, gen):
+def dae_quality(model, config, test_images, device):
     # Denoising MSE beside the Bayes-optimal denoiser that knows each pixel's true variance s^2:
     #     g*(x~) = x~ * s^2 / (s^2 + sigma_n^2)      (ae.optimal_mask, derived in ae.py)
     # The ratio is >= 1 up to sampling noise; 1 means the DAE denoises as well as possible. The
     # excess over the optimum is split by where the pixel is: on the digit's strokes (s > 0) or on
-    # the background (s = 0, where the optimal mask is exactly 0). `gen`: the corruption's noise.
+    # the background (s = 0, where the optimal mask is exactly 0).
     sigma_n, n = config["noise_std"], test_images.shape[0] * 784
+    gen = torch.Generator().manual_seed(SEEDS["quality"])  # the corruption's fixed noise
     sq = oracle_sq = stroke = background = 0.0
     for s, x in fixed_inputs(test_images, config["dataset"], device, SEEDS["test"]):
         x_noisy = ae.corrupt(x, sigma_n, gen)
         err, oracle_err = (model(x_noisy) - x).pow(2), (x_noisy * ae.optimal_mask(s, sigma_n) - x).pow(2)
         sq, oracle_sq = sq + err.sum().item(), oracle_sq + oracle_err.sum().item()
-        excess, s = (err - oracle_err).cpu().double(), s.cpu()  # (B, 1, 28, 28); float64 on the CPU (MPS has none)
-        stroke += excess[s > 0].sum().item()
-        background += excess[s == 0].sum().item()
+        on_strokes, on_background = split_by_stroke(err - oracle_err, s)
+        stroke, background = stroke + on_strokes, background + on_background
     metrics = {"test_mse": sq / n}
     if config["dataset"] == "variance" and sigma_n > 0:  # the oracle assumes varianceMNIST
         metrics.update(oracle_mse=oracle_sq / n, mse_over_oracle=sq / oracle_sq,
@@ -380,14 +398,15 @@ def oracle_nll(s, min_logvar, per_pixel=False):
 
 
 @torch.no_grad()
-def vae_quality(model, config, test_images, device, gen, is_images, is_samples):
+def vae_quality(model, config, test_images, device):
     # Negative ELBO per test image (nats, without the 784/2 log 2pi constant), one fixed sample of
-    # z per image (from `gen`, a CPU generator), beside the true model's expected negative
+    # z per image (from a CPU generator of its own), beside the true model's expected negative
     # log-likelihood (oracle_nll). The distance between them is split three ways: the KL term (what
     # the code costs), and the reconstruction term's excess over the true model on the digit's
     # stroke pixels (s > 0) and on the background (s = 0, where the true variance is the floor).
     # The KL is also kept per code dimension: a dimension with KL ~0 is unused ("collapsed").
     kl, nll, oracle, stroke, background, kl_per_dimension = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    gen = torch.Generator().manual_seed(SEEDS["quality"])
     for s, x in fixed_inputs(test_images, config["dataset"], device, SEEDS["test"]):
         kl_terms, nll_terms = ae.neg_elbo_terms(model, x, gen)  # (B, K), (B, 1, 28, 28)
         kl += kl_terms.sum(dim=1).sum().item()
@@ -395,21 +414,22 @@ def vae_quality(model, config, test_images, device, gen, is_images, is_samples):
         kl_per_dimension = kl_per_dimension + kl_terms.cpu().double().sum(0)  # (K,)
         oracle_terms = oracle_nll(s, model.min_logvar.item(), per_pixel=True)  # (B, 1, 28, 28)
         oracle += oracle_terms.flatten(1).sum(1).sum().item()
-        excess, s = (nll_terms - oracle_terms).cpu().double(), s.cpu()  # float64 on the CPU (MPS has none)
-        stroke += excess[s > 0].sum().item()
-        background += excess[s == 0].sum().item()
+        on_strokes, on_background = split_by_stroke(nll_terms - oracle_terms, s)
+        stroke, background = stroke + on_strokes, background + on_background
     n = test_images.shape[0]
     metrics = {"test_neg_elbo": (kl + nll) / n, "test_kl": kl / n, "test_nll": nll / n,
                "kl_per_dimension": (kl_per_dimension / n).tolist()}
     if config["dataset"] == "variance":
         metrics["oracle_nll"] = oracle / n
         metrics["gap_to_true_model"] = {"kl": kl / n, "stroke_pixels": stroke / n, "background_pixels": background / n}
-    # The two gaps, on the first `is_images` test images: -ELBO >= -log p(x) (the bound's slack,
+    return metrics
+
+
+def bound_gaps(model, config, images, device, is_samples):
+    # The VAE's two gaps, on `images` (the first test images): -ELBO >= -log p(x) (the bound's slack,
     # from q(z | x) not being the true posterior) >= the true model's NLL (what the model misses).
-    neg_log_p, neg_elbo, subset_oracle = likelihood_estimate(model, test_images[:is_images], config["dataset"],
-                                                             device, is_samples)
-    metrics.update(subset_size=min(is_images, n), is_samples=is_samples, subset_neg_elbo=neg_elbo,
-                   test_nll_is=neg_log_p)
+    neg_log_p, neg_elbo, subset_oracle = likelihood_estimate(model, images, config["dataset"], device, is_samples)
+    metrics = dict(subset_size=images.shape[0], is_samples=is_samples, subset_neg_elbo=neg_elbo, test_nll_is=neg_log_p)
     if config["dataset"] == "variance":
         metrics["subset_oracle_nll"] = subset_oracle
     return metrics
@@ -430,13 +450,13 @@ def likelihood_estimate(model, images, dataset, device, n_samples):
     return neg_log_p / m, neg_elbo / m, oracle / m
 
 
-def quality(model, config, splits, device, gen, is_images, is_samples):
+def quality(model, config, splits, device):
     """Each model's quality numbers on the whole test set, beside a baseline or the optimum."""
     if config["model"] == "bae":
         return bae_quality(model, config, splits.train_images, splits.test_images, device)
     if config["model"] == "dae":
-        return dae_quality(model, config, splits.test_images, device, gen)
-    return vae_quality(model, config, splits.test_images, device, gen, is_images, is_samples)
+        return dae_quality(model, config, splits.test_images, device)
+    return vae_quality(model, config, splits.test_images, device)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -456,10 +476,10 @@ def grid(rows):
 
 
 @torch.no_grad()
-def recon_rows(model, config, s, x, gen):
-    """Rows for recon.pgm, top to bottom as listed in the comments; s, x: (10, 1, 28, 28).
-    `gen`: the CPU generator of the DAE's corruption and the VAE's draw."""
+def recon_rows(model, config, s, x):
+    """Rows for recon.pgm, top to bottom as listed in the comments; s, x: (10, 1, 28, 28)."""
     signed = config["dataset"] == "variance"
+    gen = torch.Generator().manual_seed(SEEDS["recon"])  # the DAE's corruption, the VAE's draw
     rows = [to_unit(s)]  # the MNIST digits
     if signed:
         rows.append(to_unit(x, signed=True))  # the varianceMNIST input
@@ -481,9 +501,11 @@ def recon_rows(model, config, s, x, gen):
 
 
 @torch.no_grad()
-def decoded_shape(model, config, z):
-    # What the decoder says about the digit's shape, for a code z (B, K): the BAE's image, the
-    # DAE's mask, the VAE's predictive standard deviation (its mean is about 0 on varianceMNIST).
+def decoded_outline(model, config, z):
+    # The digit's outline as each decoder draws it, for codes z (B, K) -> (B, 1, 28, 28) in [0, 1]:
+    # the BAE's image, the DAE's mask (its decode), the VAE's predictive standard deviation (its
+    # decode gives a mean, about 0 on varianceMNIST, and a log-variance). Three decoders that say
+    # three different things, so three branches: this is the one place that picks what each shows.
     if config["model"] == "bae":  # on varianceMNIST (the control) its output is signed, like its input
         return to_unit(model.decoder(z), signed=config["dataset"] == "variance")
     if config["model"] == "dae":
@@ -492,17 +514,17 @@ def decoded_shape(model, config, z):
 
 
 @torch.no_grad()
-def interpolation_rows(model, config, s, x, gen, steps=10):
+def interpolation_rows(model, config, s, x, steps=10):
     """One row per pair of digits (0, 1), (2, 3), ... of s, x (10, 1, 28, 28): the first digit, the
     decoded codes (1 - t) z_a + t z_b for `steps` values of t from 0 to 1, the second digit."""
     if config["model"] == "dae":  # its decoder learned from the codes of corrupted inputs
-        x = ae.corrupt(x, config["noise_std"], gen)
+        x = ae.corrupt(x, config["noise_std"], torch.Generator().manual_seed(SEEDS["interpolation"]))
     z = model.encode(x)  # (10, K); the VAE's posterior means
     t = torch.linspace(0, 1, steps, device=z.device)[:, None]  # (steps, 1)
     rows = []
     for a in range(0, 10, 2):
         line = (1 - t) * z[a] + t * z[a + 1]  # (steps, K)
-        rows.append(torch.cat([to_unit(s[a:a + 1]), decoded_shape(model, config, line), to_unit(s[a + 1:a + 2])]))
+        rows.append(torch.cat([to_unit(s[a:a + 1]), decoded_outline(model, config, line), to_unit(s[a + 1:a + 2])]))
     return rows
 
 
@@ -516,7 +538,7 @@ def traversal_rows(model, config, x, kl_per_dimension, steps=9):
     for d in torch.tensor(kl_per_dimension).argsort(descending=True, stable=True).tolist():
         z = mu.repeat(steps, 1)  # (steps, K)
         z[:, d] += c
-        rows.append(decoded_shape(model, config, z))
+        rows.append(decoded_outline(model, config, z))
     return rows
 
 
@@ -529,8 +551,9 @@ def neighbour_rows(splits, codes_train, codes_test, show, k=8):
 
 
 @torch.no_grad()
-def sample_rows(model, config, device, gen, n=50):
+def sample_rows(model, config, device, n=50):
     # z ~ p(z) = N(0, I), then a row of predictive stds followed by a row of draws x ~ p(x | z)
+    gen = torch.Generator().manual_seed(SEEDS["samples"])
     z = torch.randn(n, config["n_components"], generator=gen).to(device)
     mu_x, logvar_x = model.decode(z)
     std_x, draw = torch.exp(0.5 * logvar_x), ae.reparameterize(mu_x, logvar_x, gen)  # x ~ N(mu_x, sigma_x^2)
@@ -540,17 +563,18 @@ def sample_rows(model, config, device, gen, n=50):
     return rows
 
 
-def save_pictures(out, model, config, splits, codes, metrics, device, gen):
+def save_pictures(out, model, config, splits, codes, metrics, device):
     """recon, interpolation, neighbours (and the VAE's samples, traversal) of the first test image of
     each digit; codes: (train, test) codes, for the neighbours; metrics: the VAE's KL per dimension."""
     show = torch.stack([torch.nonzero(splits.test_labels == d)[0, 0] for d in range(10)])
     s, x = next(fixed_inputs(splits.test_images[show], config["dataset"], device, SEEDS["test"]))  # (10, 1, 28, 28)
-    save_picture(os.path.join(out, "recon"), grid(recon_rows(model, config, s, x, gen)))
-    save_picture(os.path.join(out, "interpolation"), grid(interpolation_rows(model, config, s, x, gen)))
+    save_picture(os.path.join(out, "recon"), grid(recon_rows(model, config, s, x)))
+    save_picture(os.path.join(out, "interpolation"), grid(interpolation_rows(model, config, s, x)))
     save_picture(os.path.join(out, "neighbours"), grid(neighbour_rows(splits, *codes, show)))
     if config["model"] == "vae":
-        save_picture(os.path.join(out, "samples"), grid(sample_rows(model, config, device, gen)))
-        save_picture(os.path.join(out, "traversal"), grid(traversal_rows(model, config, x, metrics["kl_per_dimension"])))
+        save_picture(os.path.join(out, "samples"), grid(sample_rows(model, config, device)))
+        traversal = traversal_rows(model, config, x, metrics["kl_per_dimension"])
+        save_picture(os.path.join(out, "traversal"), grid(traversal))
 
 
 def save_loss_curve(out, history, config):
@@ -578,18 +602,19 @@ def evaluate_checkpoint(path, data_dir, device="cpu", is_images=IS_IMAGES, is_sa
     model, config, history = load_model(path, ae.MODELS)
     model.to(device).eval()
     out = os.path.dirname(os.path.abspath(path))
-    splits = load_splits(data_dir, config.get("train_size", 60000))  # the probe is fitted on the images the model trained on
-    gen = torch.Generator().manual_seed(SEEDS["model"])  # the fixed noise of the quality numbers and pictures
+    splits = load_splits(data_dir, config.get("train_size", 60000))  # the probe fits the images the model trained on
 
     say(f"evaluating: the codes of {splits.train_images.shape[0] + 10000} images and the linear probe")
-    codes, metrics = model_codes(model, config, splits, device)  # codes: (train (N, K), test (10000, K))
+    codes, metrics = codes_and_readouts(model, config, splits, device)  # codes: (train (N, K), test (10000, K))
     say("evaluating: the same probe on the untrained encoder and on the inputs")
     metrics["baselines"] = baselines(config, splits, device, data_dir)
     save_codes(out, *codes, splits)
-    say("evaluating: quality beside " + {"bae": "PCA", "dae": "the optimal denoiser",
-                                         "vae": "the true model (and -log p(x) by importance sampling)"}[config["model"]])
-    metrics.update(quality(model, config, splits, device, gen, is_images, is_samples))
-    save_pictures(out, model, config, splits, codes, metrics, device, gen)
+    say("evaluating: quality beside " + {"bae": "PCA", "dae": "the optimal denoiser", "vae": "the true model (and "
+                                         "-log p(x) by importance sampling)"}[config["model"]])
+    metrics.update(quality(model, config, splits, device))
+    if config["model"] == "vae":  # and how tight its bound is, on the first is_images test images
+        metrics.update(bound_gaps(model, config, splits.test_images[:is_images], device, is_samples))
+    save_pictures(out, model, config, splits, codes, metrics, device)
     save_loss_curve(out, history, config)
     metrics.update(run_record(history, config, device))
     atomic_write(os.path.join(out, "metrics.json"), lambda f: f.write(json.dumps(metrics, indent=2).encode()))
@@ -603,14 +628,15 @@ def save_codes(out, codes_train, codes_test, splits):
     # The codes and labels as .npy, and the test codes projected to 2-D by their PCA, as points
     # and as a picture.
     mean, comps = pca(codes_test, min(2, codes_test.shape[1]))
-    pca_test = ((codes_test.double() - mean) @ comps.T).numpy()  # (N, K) -> (N, 2)
+    pca_test = project(codes_test, mean, comps).numpy()  # (N, K) -> (N, 2)
     pca_test = np.pad(pca_test, ((0, 0), (0, 2 - pca_test.shape[1])))  # K = 1: the second axis is 0
     arrays = {"codes_train": codes_train.numpy(), "codes_test": codes_test.numpy(),
               "labels_train": splits.train_labels.numpy(), "labels_test": splits.test_labels.numpy(),
               "pca_test": pca_test}
     for name, array in arrays.items():
         atomic_write(os.path.join(out, name + ".npy"), lambda f: np.save(f, array))
-    scatter = torch.from_numpy(scatter_image(pca_test, splits.test_labels.numpy())).permute(2, 0, 1) / 255.0  # (3, H, W)
+    scatter = scatter_image(pca_test, splits.test_labels.numpy())  # (H, W, 3) uint8
+    scatter = torch.from_numpy(scatter).permute(2, 0, 1) / 255.0  # -> (3, H, W) in [0, 1]
     save_picture(os.path.join(out, "pca_test"), scatter, grey=False)
 
 
@@ -622,20 +648,24 @@ def summary_lines(metrics):
     # A few labelled lines, each number beside what gives it meaning (printed, and in report.md).
     b, model = metrics["baselines"], metrics["config"]["model"]
     validation = metrics.get("probe_validation_accuracy")
-    lines = [f"probe: test accuracy {metrics['probe_test_accuracy']:.2%} (train {metrics['probe_train_accuracy']:.2%}"
+    lines = [f"probe: test accuracy {metrics['probe_test_accuracy']:.2%} "
+             f"(train {metrics['probe_train_accuracy']:.2%}"
              + (f", validation {validation:.2%}" if validation is not None else "") + "); "
              f"the 10 nearest training codes' majority {metrics['knn_test_accuracy']:.2%}",
              f"  the same probe on the pixels {b['pixels']:.2%}"
              + (f", their squares {b['pixels_squared']:.2%}" if "pixels_squared" in b else "")
              + f", their PCA {b['pca']:.2%}, the untrained encoder {b['untrained']:.2%}"]
     if model == "dae":
-        lines.append(f"  with the BatchNorm statistics of corrupted inputs: {metrics['probe_test_accuracy_unadapted']:.2%}")
+        lines.append(f"  with the BatchNorm statistics of corrupted inputs: "
+                     f"{metrics['probe_test_accuracy_unadapted']:.2%}")
         lines.append(f"denoising: MSE {metrics['test_mse']:.5f}" + (
             f", {metrics['mse_over_oracle']:.3f} x the optimal denoiser's {metrics['oracle_mse']:.5f}; the excess "
-            f"{metrics['excess_mse']['stroke_pixels']:.5f} on the strokes, {metrics['excess_mse']['background_pixels']:.5f} "
+            f"{metrics['excess_mse']['stroke_pixels']:.5f} on the strokes, "
+            f"{metrics['excess_mse']['background_pixels']:.5f} "
             f"on the background" if "oracle_mse" in metrics else ""))
     if model == "bae":
-        lines.append(f"reconstruction: MSE {metrics['test_mse']:.4f}, PCA with the same K {metrics['pca_test_mse']:.4f}")
+        lines.append(f"reconstruction: MSE {metrics['test_mse']:.4f}, "
+                     f"PCA with the same K {metrics['pca_test_mse']:.4f}")
     if model == "vae":
         true_model = "oracle_nll" in metrics  # varianceMNIST: the true model is known
         lines.append(f"-ELBO: {metrics['test_neg_elbo']:.1f} nats per image (KL {metrics['test_kl']:.1f} + "
@@ -644,11 +674,13 @@ def summary_lines(metrics):
         if true_model:
             gap = metrics["gap_to_true_model"]
             lines.append(f"  the {metrics['test_neg_elbo'] - metrics['oracle_nll']:.1f} nats to the true model: KL "
-                         f"{gap['kl']:.1f}, strokes {gap['stroke_pixels']:.1f}, background {gap['background_pixels']:.1f}")
+                         f"{gap['kl']:.1f}, strokes {gap['stroke_pixels']:.1f}, "
+                         f"background {gap['background_pixels']:.1f}")
         lines.append(f"  first {metrics['subset_size']} test images: -ELBO {metrics['subset_neg_elbo']:.1f} >= "
                      f"-log p(x) {metrics['test_nll_is']:.1f} ({metrics['is_samples']} samples of z)"
                      + (f" >= the true model's {metrics['subset_oracle_nll']:.1f}" if true_model else ""))
-        lines.append(f"  code dimensions in use: {metrics['active_units']} of {len(metrics['kl_per_dimension'])}; KL of "
+        lines.append(f"  code dimensions in use: {metrics['active_units']} of "
+                     f"{len(metrics['kl_per_dimension'])}; KL of "
                      f"each: {' '.join(f'{v:.1f}' for v in sorted(metrics['kl_per_dimension'], reverse=True))}")
     return lines
 
@@ -710,11 +742,19 @@ def load_checkpoint(path, map_location="cpu"):
     return ckpt
 
 
+# The settings that decide what train.py computes, saved in every checkpoint (train.py's list is this
+# one), and of them the ones evaluation rebuilds and measures the model with (train_size, where a
+# checkpoint has it, chooses the probe's training images; older checkpoints lack it).
+CONFIG_KEYS = ["model", "dataset", "epochs", "batch_size", "lr", "lr_schedule", "n_components", "noise_std", "seed",
+               "train_size", "precision"]
+EVALUATION_KEYS = [key for key in CONFIG_KEYS if key in ("model", "dataset", "n_components", "noise_std", "seed")]
+
+
 def load_model(path, models):
     """(model, config, history) from a model.pt of train.py; `models` maps names to classes."""
     ckpt = load_checkpoint(path, map_location="cpu")
     config = ckpt["config"]
-    needed = ["model", "dataset", "n_components", "noise_std", "seed"]
+    needed = EVALUATION_KEYS
     if not isinstance(config, dict) or any(k not in config for k in needed) or config["model"] not in models:
         raise CheckpointError(f"{path} has no usable config (it needs {', '.join(needed)}, and a model "
                               f"among {', '.join(models)}); was it written by train.py?")
@@ -779,7 +819,8 @@ def cached_input_baselines(data_dir, splits, dataset, k):
             atomic_write(path, lambda f: f.write(json.dumps(cache, indent=1).encode()))
         except OSError:
             say(f"  (could not write {path}: it will be computed again next time)")
-    return {name: cache[key][name] for name in ("pixels", "pixels_squared") if name in cache[key]} | {"pca": cache[key][f"pca K={k}"]}
+    pixels = {name: cache[key][name] for name in ("pixels", "pixels_squared") if name in cache[key]}
+    return pixels | {"pca": cache[key][f"pca K={k}"]}
 
 
 # Ten colours that stay apart (matplotlib's "tab10"), one per digit.
@@ -1008,6 +1049,14 @@ def file_error(e):
     return f"could not read or write a file{where}: {e.strerror or e}"
 
 
+def error_line(e):
+    """(the one line, the exit status) for an error a person can act on, the same from both commands
+    (train.py uses it too): a UserError or DataError says what to fix (2); an OSError names the file (1)."""
+    if isinstance(e, (UserError, data.DataError)):
+        return f"error: {e}", 2
+    return f"error: {file_error(e)}", 1
+
+
 def main(argv=None):
     here = os.path.dirname(os.path.abspath(__file__))
     p = OneLineParser(description="Evaluate a model.pt written by train.py; outputs go beside it.")
@@ -1030,12 +1079,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted: the files written so far are whole; run it again to redo them all", file=sys.stderr)
         return 130
-    except (UserError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {file_error(e)}", file=sys.stderr)
-        return 1
+    except (UserError, data.DataError, OSError) as e:
+        line, code = error_line(e)
+        print(line, file=sys.stderr)
+        return code
     return 0
 
 

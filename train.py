@@ -45,6 +45,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #   lr: Adam's step size at the peak of the schedule (warmup_cosine), within the seeds' spread of
 #     the best of several peaks compared over several seeds (one run moves noticeably with its seed);
 #   epochs 3: what the time goal (a fifth of the original implementation's training time) allows.
+# ("The original implementation" and "its recipe": ae.py's docstring.)
 # "long" is what --long changes: more epochs; for the DAE the original recipe's small batches,
 # small step and constant rate too, which is where its layout (ae.py) reads out best.
 DEFAULTS = {
@@ -113,8 +114,8 @@ def train(model, config, train_images, test_images, out, checkpoint=None):
                                  fused=device.type in ("cpu", "cuda"))
     n, bs = train_images.shape[0], min(config["batch_size"], train_images.shape[0])
     steps = n // bs  # full batches only: the few images left over are seen in other epochs
-    shape = SCHEDULES[config["lr_schedule"]]  # the learning rate as a fraction of config["lr"]
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: shape(step, config["epochs"] * steps))
+    lr_factor = SCHEDULES[config["lr_schedule"]]  # the learning rate at a step, as a fraction of config["lr"]
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config["epochs"] * steps))
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=config["precision"] == "bf16")
     history, start = {"loss_history": [], "test_loss_history": [], "step_losses": [], "train_seconds": 0.0}, 0
     if checkpoint is None:
@@ -142,7 +143,7 @@ def train(model, config, train_images, test_images, out, checkpoint=None):
 
 
 @torch.no_grad()
-def test_loss(model, loss_fn, images, dataset, batch_size):
+def held_out_loss(model, loss_fn, images, dataset, batch_size):
     # The training loss on the test set, over one fixed draw of its noise (varianceMNIST, the DAE's
     # corruption, the VAE's samples), so that the epochs' numbers are comparable. fork_rng puts the
     # training generators back afterwards: measuring never changes what training draws next.
@@ -216,17 +217,15 @@ def main(argv=None):
     except KeyboardInterrupt:  # Ctrl-C before or after training (loading data, evaluating)
         print("interrupted", file=sys.stderr)
         return 130
-    except (UserError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except TrainingStopped as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except OSError as e:  # a full disk, a folder removed under us: every save is atomic, so
-        # whatever was in --out before is still whole
-        print(f"error: {evaluate.file_error(e)}; the last model.pt and resume.pt, if any, are whole",
+    except (UserError, data.DataError, OSError) as e:  # evaluate.py's one line for each
+        line, code = evaluate.error_line(e)
+        # a full disk, a folder removed under us: every save is atomic, so --out still holds whole files
+        print(line + ("; the last model.pt and resume.pt, if any, are whole" if isinstance(e, OSError) else ""),
               file=sys.stderr)
-        return 1
+        return code
 
 
 def get_parser():
@@ -308,10 +307,9 @@ def train_size(text):
     return value
 
 
-# The settings that decide what is computed. They are saved in every checkpoint; --resume
-# reads them back from there.
-CONFIG_KEYS = ["model", "dataset", "epochs", "batch_size", "lr", "lr_schedule", "n_components", "noise_std",
-               "seed", "train_size", "precision"]
+# The settings that decide what is computed (evaluate.py's list, which rebuilds the model from
+# them). They are saved in every checkpoint; --resume reads them back from there.
+CONFIG_KEYS = evaluate.CONFIG_KEYS
 
 
 def make_config(args):
@@ -326,7 +324,9 @@ def make_config(args):
 
 
 def settings(args):
-    """(config, device, out, checkpoint): every check that can fail before any data is read."""
+    """(config, device, out, checkpoint), every check that can fail before any data is read: the
+    config from the flags (or, with --resume, the one saved in resume.pt, refusing flags that ask for
+    other settings), the device, the checked --out, and resume.pt read back (None without --resume)."""
     config = make_config(args)
     if config["model"] == "vae" and min(config["batch_size"], config["train_size"]) < 2:
         # the VAE's BatchNorm1d on the 250 features has one value per image: a batch of one has no
@@ -478,7 +478,7 @@ def end_of_epoch(model, loss_fn, optimizer, schedule, config, history, epoch_rec
     stop_if_not_finite(losses, epoch, out)
     history["loss_history"].append(losses.double().mean().item())
     history["step_losses"] += losses.tolist()  # every step's loss, for the training curve (loss.ppm)
-    history["test_loss_history"].append(test_loss(model, loss_fn, test_images, config["dataset"], bs))
+    history["test_loss_history"].append(held_out_loss(model, loss_fn, test_images, config["dataset"], bs))
     history["train_seconds"] += seconds
     save_training_state(out, model, optimizer, schedule, config, history, epoch=epoch + 1)
     print(f"epoch {epoch + 1:3d}/{config['epochs']}  train loss {history['loss_history'][-1]:10.4f}  "

@@ -55,3 +55,19 @@ def assert_clean_error(proc, *needles, code=2):
     assert len(err.splitlines()) == 1, f"expected one line on stderr, got:\n{proc.stderr}"
     for needle in needles:
         assert needle in err, f"{needle!r} not in: {err}"
+
+
+def link_mnist(root):
+    """A fresh MNIST folder at `root` whose four raw files are links to the real ones: evaluation
+    there starts from a cold cache of input baselines (probe-baselines.json lives beside MNIST)."""
+    raw = os.path.join(root, "MNIST", "raw")
+    os.makedirs(raw)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        os.symlink(os.path.join(MNIST_DIR, "MNIST", "raw", name), os.path.join(raw, name))
+    return str(root)
+
+
+@pytest.fixture
+def cold_mnist(tmp_path):
+    return link_mnist(tmp_path / "mnist")

@@ -7,7 +7,7 @@ Not collected by pytest. Each run trains as `python train.py --model M --seed S`
 defaults, torch.manual_seed(seed) before the model is built, then train.train on all 60000 images,
 CPU), with the variant's change and nothing else, so the two arms of a seed start from the same
 weights and draw the same batches and noise until the change first acts. Then the probe as
-evaluate.py fits it (evaluate.model_codes: the DAE's codes from the AdaBN copy) gives two numbers:
+evaluate.py fits it (evaluate.codes_and_readouts: the DAE's codes from the AdaBN copy) gives two numbers:
 `probe_validation_accuracy`, fitted on the first 50000 training codes and read on the last 10000,
 which is the number a decision is made by, and `probe_test_accuracy`, reported once per decision.
 
@@ -92,7 +92,7 @@ def one_run(model_name, variant, seed, data_dir, out, threads):
     seconds = time.perf_counter() - t0
     model.eval()
     splits = evaluate.load_splits(data_dir)
-    _, metrics = evaluate.model_codes(model, config, splits, torch.device("cpu"))
+    _, metrics = evaluate.codes_and_readouts(model, config, splits, torch.device("cpu"))
     return {"model": model_name, "variant": variant, "seed": seed, "train_seconds": seconds,
             "final_loss": history["loss_history"][-1], "test_loss": history["test_loss_history"][-1],
             "validation": metrics["probe_validation_accuracy"], "test": metrics["probe_test_accuracy"]}

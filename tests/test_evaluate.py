@@ -1,6 +1,7 @@
 """The probe, PCA, picture writers and atomic saves of evaluate.py, against numpy, PIL and toy
 problems with known answers."""
 
+import copy
 import io
 import math
 import os
@@ -204,11 +205,11 @@ def test_dae_oracle_on_constant_images():
     images = torch.full((2000, 1, 28, 28), 128, dtype=torch.uint8)
     s2, sigma2 = (128 / 255) ** 2, 0.2 ** 2
     config = {"noise_std": 0.2, "dataset": "variance"}
-    m = evaluate.dae_quality(ConstantMask(s2 / (s2 + sigma2)), config, images, "cpu", torch.Generator().manual_seed(0))
+    m = evaluate.dae_quality(ConstantMask(s2 / (s2 + sigma2)), config, images, "cpu")
     assert m["mse_over_oracle"] == pytest.approx(1.0, abs=1e-5)  # the same draws, the same denoiser
     # closed form: E[(k x~ - x)^2] = s^2 sigma_n^2 / (s^2 + sigma_n^2); 1.6M pixels, se ~0.1%
     assert m["oracle_mse"] == pytest.approx(s2 * sigma2 / (s2 + sigma2), rel=0.01)
-    worse = evaluate.dae_quality(ConstantMask(1.0), config, images, "cpu", torch.Generator().manual_seed(0))  # no denoising
+    worse = evaluate.dae_quality(ConstantMask(1.0), config, images, "cpu")  # no denoising
     assert worse["mse_over_oracle"] == pytest.approx(sigma2 / (s2 * sigma2 / (s2 + sigma2)), rel=0.01)
 
 
@@ -225,8 +226,9 @@ def test_vae_oracle_nll_on_constant_images():
     images = torch.cat([torch.full((10, 1, 28, 28), 128, dtype=torch.uint8), torch.zeros(10, 1, 28, 28, dtype=torch.uint8)])
     torch.manual_seed(0)
     model = ae.VAE(3).eval()
-    m = evaluate.vae_quality(model, {"dataset": "variance"}, images, "cpu", torch.Generator().manual_seed(0),
-                             is_images=10, is_samples=3)
+    config = {"dataset": "variance"}
+    m = {**evaluate.vae_quality(model, config, images, "cpu"),
+         **evaluate.bound_gaps(model, config, images[:10], "cpu", 3)}
     assert m["oracle_nll"] == pytest.approx((closed(128 / 255) + closed(0)) / 2, rel=1e-6)
     assert m["subset_oracle_nll"] == pytest.approx(closed(128 / 255), rel=1e-6)  # the first 10 images
     assert m["subset_size"] == 10 and m["is_samples"] == 3
@@ -334,7 +336,7 @@ def test_interpolation_rows_decode_the_line_between_each_pair():
     model = ae.BottleneckAE(3).eval()
     s = torch.rand(10, 1, 28, 28)
     config = {"model": "bae", "dataset": "mnist", "noise_std": 0.2}
-    rows = evaluate.interpolation_rows(model, config, s, s, torch.Generator().manual_seed(0))
+    rows = evaluate.interpolation_rows(model, config, s, s)
     assert len(rows) == 5
     with torch.no_grad():
         z = model.encode(s)
@@ -350,14 +352,14 @@ def test_interpolation_rows_decode_the_line_between_each_pair():
 
 def test_dae_interpolation_encodes_corrupted_inputs():
     # The DAE's decoder learned from codes of corrupted inputs, so its interpolation encodes
-    # x~ = x + sigma_n n with the noise from the generator it is given; its rows are masks.
+    # x~ = x + sigma_n n with the noise of its own seed, SEEDS["interpolation"]; its rows are masks.
     torch.manual_seed(0)
     model = ae.DenoisingAE(3).eval()
     s = torch.rand(10, 1, 28, 28)
     x = s * torch.randn(10, 1, 28, 28)
     config = {"model": "dae", "dataset": "variance", "noise_std": 0.5}
-    rows = evaluate.interpolation_rows(model, config, s, x, torch.Generator().manual_seed(7))
-    x_noisy = x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
+    rows = evaluate.interpolation_rows(model, config, s, x)
+    x_noisy = x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(evaluate.SEEDS["interpolation"]))
     with torch.no_grad():
         z = model.encode(x_noisy)
         torch.testing.assert_close(rows[0][1], torch.sigmoid(model.decoder(z[:1]))[0], rtol=0, atol=1e-6)
@@ -426,8 +428,7 @@ def test_vae_kl_per_dimension_and_the_gap_split_in_closed_form():
     images[:, :, :14] = 128  # the top half is stroke (s = 128/255), the bottom half background (s = 0)
     mu, logvar, c = [0.0, 1.0, -2.0], [0.0, -1.0, 0.5], -1.0
     model = FixedVAE(mu, logvar, c).eval()
-    m = evaluate.vae_quality(model, {"dataset": "variance"}, images, "cpu", torch.Generator().manual_seed(0),
-                             is_images=2, is_samples=2)
+    m = evaluate.vae_quality(model, {"dataset": "variance"}, images, "cpu")
     kl = [0.5 * (u * u + math.exp(v) - 1 - v) for u, v in zip(mu, logvar)]
     assert m["kl_per_dimension"] == pytest.approx(kl, rel=1e-6)
     gap = m["gap_to_true_model"]
@@ -450,8 +451,7 @@ def test_dae_excess_split_on_strokes_and_background():
     images = torch.zeros(2000, 1, 28, 28, dtype=torch.uint8)
     images[:, :, :14] = 128
     k, sigma2 = 0.7, 0.2 ** 2
-    m = evaluate.dae_quality(ConstantMask(k), {"noise_std": 0.2, "dataset": "variance"}, images, "cpu",
-                             torch.Generator().manual_seed(0))
+    m = evaluate.dae_quality(ConstantMask(k), {"noise_std": 0.2, "dataset": "variance"}, images, "cpu")
     split = m["excess_mse"]
     assert split["background_pixels"] == pytest.approx(0.5 * k * k * sigma2, rel=0.01)
     # strokes: E[(k x~ - x)^2] - E[(m* x~ - x)^2] = (k - m*)^2 (s^2 + sigma_n^2), m* = s^2 / (s^2 + sigma_n^2)
@@ -471,16 +471,56 @@ def test_active_units_counts_dimensions_whose_mean_varies():
     assert evaluate.active_units(z, threshold=0.005) == 3
 
 
-def test_encoder_for_codes_leaves_out_a_last_batch_of_one():
+def test_adapted_copy_leaves_out_a_last_batch_of_one():
     # --train-size 1001: chunks of 1000 and 1. The VAE's BatchNorm1d cannot take a batch of one in
     # train mode, so the single image is left out of the statistics instead of crashing.
     torch.manual_seed(0)
     images = (torch.rand(1001, 1, 28, 28) * 255).to(torch.uint8)
     model = ae.VAE(3).eval()
-    adapted = evaluate.encoder_for_codes(model, images, "variance", "cpu")  # a copy each time
-    reference = evaluate.encoder_for_codes(model, images[:1000], "variance", "cpu")
+    adapted = evaluate.adapted_copy(model, images, "variance", "cpu")  # a copy each time
+    reference = evaluate.adapted_copy(model, images[:1000], "variance", "cpu")
     for a, b in zip(adapted.state_dict().values(), reference.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_knn_readout_takes_ten_neighbours_and_gives_a_tie_to_the_smaller_digit():
+    # One-dimensional codes 1, 2, ..., 11 with labels chosen so that the 9 nearest to 0 vote 2 (five
+    # to four), the 10 nearest tie five to five (so 1, the smaller digit), the 11 nearest vote 2 again.
+    codes = torch.arange(1.0, 12.0)[:, None]
+    labels = torch.tensor([2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2])
+    assert evaluate.knn_accuracy(codes, labels, torch.zeros(1, 1), torch.tensor([1])) == 1.0
+
+
+def test_adapted_copy_takes_its_statistics_from_clean_training_inputs():
+    # Oracle: adapt_batchnorm on the training inputs drawn here by hand, with the training seed, in
+    # the evaluation's chunks of 1000 (the images past the first 10000 are not used)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (1500, 1, 28, 28), generator=gen, dtype=torch.uint8)
+    torch.manual_seed(0)
+    model = ae.DenoisingAE(3).eval()
+    noise = torch.Generator().manual_seed(evaluate.SEEDS["train"])
+    s = images.float() / 255
+    batches = [part * torch.randn(part.shape, generator=noise) for part in s.split(1000)]
+    expected = evaluate.adapt_batchnorm(copy.deepcopy(model), batches).state_dict()
+    adapted = evaluate.adapted_copy(model, images, "variance", "cpu").state_dict()
+    assert all(torch.equal(adapted[k], expected[k]) for k in expected)
+    assert not torch.equal(adapted["encoder.2.running_var"], model.state_dict()["encoder.2.running_var"])
+
+
+def test_likelihood_estimate_draws_from_its_own_seed():
+    # Oracle: ae.importance_sampled_nll on the test seed's draw of the images, with a generator
+    # seeded SEEDS["likelihood"] made here; whatever else evaluation drew before does not matter.
+    torch.manual_seed(0)
+    model = ae.VAE(3).eval()
+    images = torch.randint(0, 256, (30, 1, 28, 28), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    s = images.float() / 255
+    x = s * torch.randn(s.shape, generator=torch.Generator().manual_seed(evaluate.SEEDS["test"]))
+    gen = torch.Generator().manual_seed(evaluate.SEEDS["likelihood"])
+    nlp, nelbo = ae.importance_sampled_nll(model, x, 4, generator=gen)
+    neg_log_p, neg_elbo, oracle = evaluate.likelihood_estimate(model, images, "variance", "cpu", 4)
+    assert neg_log_p == pytest.approx(nlp.mean().item(), rel=1e-6)
+    assert neg_elbo == pytest.approx(nelbo.mean().item(), rel=1e-6)
+    assert oracle == pytest.approx(evaluate.oracle_nll(s, -6.0).mean().item(), rel=1e-6)
 
 
 def test_the_validation_probe_is_fitted_on_the_first_five_sixths_and_read_on_the_last_sixth():

@@ -134,7 +134,7 @@ def test_a_resumed_run_keeps_every_steps_loss(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["bae", "dae", "vae"])
-def test_test_loss_changes_neither_the_model_nor_the_generators(name):
+def test_held_out_loss_changes_neither_the_model_nor_the_generators(name):
     torch.manual_seed(0)
     model = ae.MODELS[name](4)
     model.train()
@@ -142,10 +142,10 @@ def test_test_loss_changes_neither_the_model_nor_the_generators(name):
     rng = torch.get_rng_state()
     config = {**train.SHARED_DEFAULTS, "model": name}
     dataset = "mnist" if name == "bae" else "variance"
-    first = train.test_loss(model, train.loss_function(config), tiny_images(50), dataset, 8)
+    first = train.held_out_loss(model, train.loss_function(config), tiny_images(50), dataset, 8)
     assert math.isfinite(first)
     assert model.training
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert torch.equal(torch.get_rng_state(), rng)
     # and it is one fixed draw: measured twice, the same number
-    assert train.test_loss(model, train.loss_function(config), tiny_images(50), dataset, 8) == first
+    assert train.held_out_loss(model, train.loss_function(config), tiny_images(50), dataset, 8) == first
