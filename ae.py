@@ -29,10 +29,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Precision. Each model hands back its outputs with .float(): a no-op in float32, and with
-# `train.py --precision bf16`, which runs the layers' matrix products in bfloat16 under
-# torch.autocast, it puts the outputs back in float32 before the losses below, so the mask, the
-# log-variance floor, the KL and the Gaussian likelihood are always computed in float32.
+# Precision. `train.py --precision bf16` runs the layers' matrix products in bfloat16 under
+# torch.autocast. Each model hands its outputs back through full_precision, so that the mask, the
+# log-variance floor, the KL and the Gaussian likelihood below are computed in float32 even then;
+# in float32 (or float64) it changes nothing.
+
+
+def full_precision(t):
+    # float32 for a tensor that a layer computed in 16 bits under autocast; any other as it is
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 # -------------------------------------------------------------------------------------------------
 # Bottleneck autoencoder: 784-1000-500-250-K and back, trained to copy its input through K numbers.
@@ -61,8 +66,7 @@ class BottleneckAE(nn.Module):
         return self.encoder(x)  # (B, 1, 28, 28) -> (B, K)
 
     def forward(self, x):
-        # the reconstruction, (B, 1, 28, 28); .float(): see "Precision" below
-        return self.decoder(self.encode(x)).float()
+        return full_precision(self.decoder(self.encode(x)))  # the reconstruction, (B, 1, 28, 28)
 
 
 def bae_loss(model, x):
@@ -124,7 +128,7 @@ class DenoisingAE(nn.Module):
 
     def decode(self, z):
         # the mask m = sigmoid(f(z)) of a code z (B, K): in (0, 1), shape (B, 1, 28, 28)
-        return torch.sigmoid(self.decoder(z).float())
+        return torch.sigmoid(full_precision(self.decoder(z)))
 
     def mask(self, x_noisy):
         return self.decode(self.encode(x_noisy))
@@ -229,7 +233,7 @@ class VAE(nn.Module):
 
     def encode_dist(self, x):
         h = self.encoder(x)  # (B, 1, 28, 28) -> (B, 250)
-        return self.enc_mu(h).float(), self.enc_logvar(h).float()  # two (B, K)
+        return full_precision(self.enc_mu(h)), full_precision(self.enc_logvar(h))  # two (B, K)
 
     def encode(self, x):
         # The code of an image is the mean of its approximate posterior.
@@ -237,7 +241,7 @@ class VAE(nn.Module):
 
     def decode(self, z):
         h = self.decoder(z)  # (B, K) -> (B, 6, 24, 24)
-        mu, logvar = self.dec_heads(h).float().chunk(2, dim=1)  # (B, 2, 28, 28) -> two (B, 1, 28, 28)
+        mu, logvar = full_precision(self.dec_heads(h)).chunk(2, dim=1)  # (B, 2, 28, 28) -> two (B, 1, 28, 28)
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)  # >= min_logvar, see above
         return mu, logvar
 
