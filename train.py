@@ -14,9 +14,10 @@ at the start and after every epoch, so Ctrl-C or a crash loses at most the epoch
 `--resume` continues from it.
 
 Read it in this order: DEFAULTS (the hyperparameters), loss_function (the one switch from --model
-to its loss), warmup_cosine and constant (the learning-rate schedules), train (the loop), run (the
-program: data, model, training, saving, evaluation). Below the marked line: the command line,
-checkpoints, the bookkeeping after each epoch (end_of_epoch), errors.
+to its loss), warmup_cosine and constant (the learning-rate schedules), the note on precision
+(--precision bf16), train (the loop), run (the program: data, model, training, saving,
+evaluation). Below the marked line: the command line, the choice of precision, checkpoints, the
+bookkeeping after each epoch (end_of_epoch), errors.
 
 The training data lives on the training device as one uint8 tensor and each batch is drawn by
 indexing it (and, for varianceMNIST, multiplying by fresh noise): no DataLoader, no per-image
