@@ -925,7 +925,7 @@ def loss_curve_image(step_losses, test_losses, steps_per_epoch, width=720, heigh
 
 
 def loss_window(n_steps):
-    return max(1, n_steps // 100)  # the smoothing: 1% of the run
+    return max(1, n_steps // 100)  # the smoothing window: a hundredth of the steps
 
 
 def nice_ticks(lo, hi, count=5, step_only=False):
@@ -990,7 +990,8 @@ def picture_captions(config, history):
     if steps:
         window = loss_window(len(steps))
         lo, hi = loss_axis(steps, history["test_loss_history"], window)
-        cut = int((smoothed(steps, window) > hi).sum())  # at the start: loss_axis leaves out the first 5%
+        # the first steps, which loss_axis leaves out: the first twentieth of the run
+        cut = int((smoothed(steps, window) > hi).sum())
         captions.append(("loss", f"the training loss of each of the {len(steps)} steps (light blue) and its mean "
                                  f"over the last {window} (blue); the test loss after each of the {epochs} epochs "
                                  f"(orange dots)" + (f"; the y-axis leaves out the first steps: the mean is above it "
