@@ -898,9 +898,10 @@ def loss_curve_image(step_losses, test_losses, steps_per_epoch, width=720, heigh
     picture = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(picture)
     right, bottom = m["left"] + plot_w, m["top"] + plot_h
+    decimals = max(0, -int(np.floor(np.log10(nice_ticks(lo, hi, step_only=True)))))  # as many as the step needs
     for tick in nice_ticks(lo, hi):  # the y-axis: a few round numbers, a faint line across each
         draw.line([(m["left"], int(row(tick))), (right, int(row(tick)))], fill=(235, 235, 235))
-        label = f"{tick:.{max(0, -int(np.floor(np.log10(nice_ticks(lo, hi, step_only=True)))))}f}"
+        label = f"{tick:.{decimals}f}"
         draw.text((m["left"] - 6, int(row(tick))), label, fill=(0, 0, 0), anchor="rm")
     epochs = len(test_losses)
     every = max(1, int(np.ceil(epochs / 20)))  # at most 20 epoch labels
