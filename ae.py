@@ -292,12 +292,13 @@ def neg_elbo_terms(model, x, generator=None):
             gaussian_nll(x, mu_x, logvar_x, per_pixel=True))
 
 
-def vae_loss(model, x):
+def vae_loss(model, x, kl_weight=1.0):
     # Negative ELBO per image, averaged over the batch:
     #     -ELBO = KL(q(z|x) || p(z)) + E_q[-log p(x | z)]
-    # with the expectation estimated by one reparameterised sample z ~ q(z | x).
+    # with the expectation estimated by one reparameterised sample z ~ q(z | x). Training weights the
+    # KL term by kl_weight < 1 in its first steps (the KL warm-up, train.kl_weight); at 1 it is the -ELBO.
     kl, nll = neg_elbo_terms(model, x)  # (B, K), (B, 1, 28, 28)
-    return (kl.sum(dim=1) + nll.flatten(1).sum(dim=1)).mean()
+    return (kl_weight * kl.sum(dim=1) + nll.flatten(1).sum(dim=1)).mean()
 
 
 # -------------------------------------------------------------------------------------------------

@@ -745,8 +745,8 @@ def load_checkpoint(path, map_location="cpu"):
 # The settings that decide what train.py computes, saved in every checkpoint (train.py's list is this
 # one), and of them the ones evaluation rebuilds and measures the model with (train_size, where a
 # checkpoint has it, chooses the probe's training images; older checkpoints lack it).
-CONFIG_KEYS = ["model", "dataset", "epochs", "batch_size", "lr", "lr_schedule", "n_components", "noise_std", "seed",
-               "train_size", "precision"]
+CONFIG_KEYS = ["model", "dataset", "epochs", "batch_size", "lr", "lr_schedule", "kl_warmup", "n_components",
+               "noise_std", "seed", "train_size", "precision"]
 EVALUATION_KEYS = [key for key in CONFIG_KEYS if key in ("model", "dataset", "n_components", "noise_std", "seed")]
 
 
@@ -998,6 +998,11 @@ def picture_captions(config, history):
                                  f"(orange dots)" + (f"; the y-axis leaves out the first steps: the mean is above it "
                                                      f"for {cut} steps (the highest loss of a step: {max(steps):.5g})"
                                                      if cut else "")))
+        warmup = int(np.ceil(config.get("kl_warmup", 0) * len(steps)))  # train.kl_weight: the steps with weight < 1
+        if warmup:
+            captions[-1] = (captions[-1][0], captions[-1][1] + (
+                f"; in the first {warmup} steps the KL term's weight rises from 0 to 1 (the KL warm-up), so the "
+                f"training loss is below the -ELBO there; the test loss is the -ELBO itself"))
     rows = ["the digit s (the first test image of each class)"]
     rows += ["the input x = s * e (mid-grey is 0)"] if signed else []
     rows += {"bae": ["the reconstruction"],

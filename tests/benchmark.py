@@ -234,12 +234,12 @@ def main():
             "fraction_of_peak": m["samples_per_second"] * flops / peak, "device": m["device"],
         })
 
-    header = (f"{'model':5} {'data':8} {'preset':7} {'seed':>4} {'ep':>3} {'prec':>4} {'probe':>6} {'valid':>6} "
+    header = (f"{'model':5} {'data':8} {'preset':7} {'seed':>4} {'ep':>3} {'prec':>11} {'probe':>6} {'valid':>6} "
               f"{'ref':>6} {'train s':>8} {'ratio':>6} {'img/s':>6} {'peak%':>6}  quality")
     print("\n" + header + "\n" + "-" * len(header))
     for r in rows:
         valid = f"{r['probe_validation_accuracy']:6.2%}" if r["probe_validation_accuracy"] is not None else "     -"
-        print(f"{r['model']:5} {r['data']:8} {r['preset']:7} {r['seed']:4d} {r['epochs']:3d} {r['precision']:>4} "
+        print(f"{r['model']:5} {r['data']:8} {r['preset']:7} {r['seed']:4d} {r['epochs']:3d} {r['precision']:>11} "
               f"{r['probe_test_accuracy']:6.2%} {valid} {r['reference_accuracy']:6.2%} {r['train_seconds']:8.1f} "
               f"{r['time_ratio']:6.3f} {r['images_per_second']:6.0f} {r['fraction_of_peak']:6.1%}  "
               f"{r['quality_name']} = {r['quality']:.3f}")

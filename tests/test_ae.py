@@ -88,12 +88,13 @@ def test_gaussian_nll_is_log_prob_without_constant():
     assert torch.allclose(ae.gaussian_nll(x, mu, logvar), -log_prob - constant)
 
 
-def test_vae_loss_is_kl_plus_nll_with_reparameterised_sample():
+@pytest.mark.parametrize("kl_weight", [1.0, 0.3, 0.0])  # the -ELBO, and the KL warm-up's weighted loss
+def test_vae_loss_is_kl_plus_nll_with_reparameterised_sample(kl_weight):
     torch.manual_seed(2)
     model = ae.VAE(4).double()
     x = torch.randn(6, 1, 28, 28, dtype=torch.float64)
     torch.manual_seed(3)
-    loss = ae.vae_loss(model, x)
+    loss = ae.vae_loss(model, x) if kl_weight == 1.0 else ae.vae_loss(model, x, kl_weight)
     # redo it by hand in numpy with the same eps
     torch.manual_seed(3)
     mu_z, logvar_z = model.encode_dist(x)
@@ -103,7 +104,7 @@ def test_vae_loss_is_kl_plus_nll_with_reparameterised_sample():
     m, lv, xn = mu_z.detach().numpy(), logvar_z.detach().numpy(), x.numpy()
     kl = 0.5 * (m ** 2 + np.exp(lv) - 1 - lv).sum(1)
     nll = 0.5 * (logvar_x + (xn - mu_x) ** 2 / np.exp(logvar_x)).reshape(6, -1).sum(1)
-    assert np.isclose(loss.item(), (kl + nll).mean())
+    assert np.isclose(loss.item(), (kl_weight * kl + nll).mean())
 
 
 def test_reparameterize_has_the_right_distribution_and_gradients():

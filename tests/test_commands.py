@@ -215,6 +215,8 @@ def check_report_and_curve(out, metrics, history):
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
     assert links and all((out / name).exists() for name in links), links
     assert set(links) == {p.name for p in out.glob("*.png")}
+    # the VAE's curve says where its KL warm-up lowers the training loss: steps 0-18 of 31 (0.6 x 31 = 18.6)
+    assert ("in the first 19 steps the KL term's weight rises" in report) == (metrics["config"]["model"] == "vae")
     # its numbers are metrics.json's, in the lines the run printed, inside one ```text block
     block = report.split("```text\n")[1].split("\n```")[0].splitlines()
     assert block == evaluate.summary_lines(metrics)

@@ -249,12 +249,12 @@ def test_ctrl_c_saves_and_resume_matches_an_uninterrupted_run(tmp_path, mnist_di
     prog = f"""import sys, time; sys.path.insert(0, {REPO!r})
 import ae, train
 steps, original = [0], ae.vae_loss
-def vae_loss(model, x):
+def vae_loss(model, x, kl_weight=1.0):
     steps[0] += model.training  # training steps, not test-loss batches
     if steps[0] == 65:
         print("in epoch 2", flush=True)
         time.sleep(120)  # Ctrl-C ends the wait with KeyboardInterrupt, as it would end a step
-    return original(model, x)
+    return original(model, x, kl_weight)
 ae.vae_loss = vae_loss
 sys.exit(train.main(sys.argv[1:]))"""
     out = tmp_path / "interrupted"

@@ -1,8 +1,10 @@
-"""--precision: which arithmetic the training step uses, and that bf16 really trains.
+"""--precision: which arithmetic the training step uses, and that bf16 and onednn-bf16 really train.
 
-The choice is tested with the hardware faked (monkeypatch), so no test depends on the processor it
-runs on; bf16 autocast runs on any CPU (slowly where it has no bfloat16 units), so the bf16 tests
-run everywhere."""
+The choice is tested with the hardware faked (cpuinfo files), so no test depends on the processor
+it runs on; bf16 autocast runs on any CPU (slowly where it has no bfloat16 units), and oneDNN's
+bfloat16 mode on any CPU (in float32 where oneDNN has no bfloat16 kernel), so these tests run
+everywhere. What onednn-bf16 computes in, and how fast, depends on the processor, so that is
+measured (tests/step_precision.py, docs/experiments.md), not tested."""
 
 import json
 
@@ -16,43 +18,77 @@ import train
 from conftest import assert_clean_error, call_main
 
 
-def choose(requested, device, amx=False, monkeypatch=None):
-    monkeypatch.setattr(train, "cpu_has_amx", lambda: amx)
+# Linux's /proc/cpuinfo, cut to the lines the choice reads: the maker and the instruction sets
+CPUINFO = {
+    "intel with amx": "vendor_id : GenuineIntel\nflags : fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n",
+    "intel without amx": "vendor_id : GenuineIntel\nflags : fpu avx2 avx512f avx512_bf16\n",
+    "amd with avx-512": "vendor_id : AuthenticAMD\nflags : fpu avx2 avx512f avx512_bf16\n",
+    "amd without avx-512": "vendor_id : AuthenticAMD\nflags : fpu avx2\n",
+}
+
+
+@pytest.fixture
+def fake_cpu(tmp_path, monkeypatch):
+    """fake_cpu(name): /proc/cpuinfo replaced by CPUINFO[name] for train's processor checks."""
+    words, amx = train.cpu_words, train.cpu_has_amx
+
+    def use(name):
+        path = tmp_path / name.replace(" ", "-")
+        path.write_text(CPUINFO[name])
+        monkeypatch.setattr(train, "cpu_words", lambda cpuinfo=None: words(str(path)))
+        monkeypatch.setattr(train, "cpu_has_amx", lambda cpuinfo=None: amx(str(path)))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    return use
+
+
+def choose(requested, device):
     return train.choose_precision(requested, torch.device(device))
 
 
-@pytest.mark.parametrize("requested", ["fp32", "bf16"])
-@pytest.mark.parametrize("amx", [False, True])
-def test_a_precision_asked_for_is_the_one_used(requested, amx, monkeypatch):
-    assert choose(requested, "cpu", amx, monkeypatch) == requested
+@pytest.mark.parametrize("requested", ["fp32", "onednn-bf16", "bf16"])
+@pytest.mark.parametrize("cpu", sorted(CPUINFO))
+def test_a_precision_asked_for_is_the_one_used(requested, cpu, fake_cpu):
+    fake_cpu(cpu)
+    assert choose(requested, "cpu") == requested
 
 
-def test_auto_picks_bf16_on_a_cpu_with_amx_and_fp32_without(monkeypatch):
-    assert choose("auto", "cpu", True, monkeypatch) == "bf16"
-    assert choose("auto", "cpu", False, monkeypatch) == "fp32"
+@pytest.mark.parametrize("cpu, expected", [("intel with amx", "bf16"), ("intel without amx", "fp32"),
+                                           ("amd with avx-512", "onednn-bf16"), ("amd without avx-512", "fp32")])
+def test_auto_on_a_cpu_picks_bf16_with_amx_onednn_bf16_on_amd_with_avx512_else_fp32(cpu, expected, fake_cpu):
+    fake_cpu(cpu)
+    assert choose("auto", "cpu") == expected
 
 
-def test_auto_on_a_gpu_follows_its_bf16_support(monkeypatch):
+def test_auto_on_a_gpu_follows_its_bf16_support(fake_cpu, monkeypatch):
+    fake_cpu("intel with amx")
     for supported, expected in [(True, "bf16"), (False, "fp32")]:
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
-        assert choose("auto", "cuda", False, monkeypatch) == expected
-    assert choose("auto", "mps", True, monkeypatch) == "fp32"
+        assert choose("auto", "cuda") == expected
+    assert choose("auto", "mps") == "fp32"
     with pytest.raises(train.UserError, match="--precision fp32"):
-        choose("bf16", "mps", False, monkeypatch)
+        choose("bf16", "mps")
+    for device in ("cuda", "mps"):  # oneDNN is the CPU's library: refused elsewhere, with what to use instead
+        with pytest.raises(train.UserError, match="--precision bf16 or fp32"):
+            choose("onednn-bf16", device)
 
 
-def test_amx_is_read_from_the_processor_flags_unless_onednn_is_told_to_act_older(tmp_path, monkeypatch):
-    with_amx, without = tmp_path / "amx", tmp_path / "plain"
-    with_amx.write_text("processor : 0\nflags : fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n")
-    without.write_text("processor : 0\nflags : fpu avx512f avx512_bf16\n")
+def test_the_processor_is_read_from_cpuinfo_and_amx_unless_onednn_is_told_to_act_older(tmp_path, monkeypatch):
+    paths = {}
+    for name, text in CPUINFO.items():
+        paths[name] = tmp_path / name.replace(" ", "-")
+        paths[name].write_text(text)
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-    assert train.cpu_has_amx(str(with_amx)) is True and train.cpu_has_amx(str(without)) is False
+    assert train.cpu_has_amx(str(paths["intel with amx"])) is True
+    assert not any(train.cpu_has_amx(str(paths[name])) for name in CPUINFO if name != "intel with amx")
+    assert {"AuthenticAMD", "avx512f"} <= train.cpu_words(str(paths["amd with avx-512"]))
+    assert "avx512f" not in train.cpu_words(str(paths["amd without avx-512"]))
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")  # allowed: as the flags say
-    assert train.cpu_has_amx(str(with_amx)) is True
+    assert train.cpu_has_amx(str(paths["intel with amx"])) is True
     for older in ("AVX512_CORE_BF16", "avx512_core", "AVX2"):  # oneDNN then uses no AMX: auto must not pick bf16
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", older)
-        assert train.cpu_has_amx(str(with_amx)) is False
-    assert train.cpu_has_amx(str(tmp_path / "missing")) is False  # not Linux
+        assert train.cpu_has_amx(str(paths["intel with amx"])) is False
+    assert train.cpu_words(str(tmp_path / "missing")) == set()  # not Linux
+    assert train.cpu_has_amx(str(tmp_path / "missing")) is False
 
 
 def test_the_flag_defaults_to_auto_and_reaches_the_config():
@@ -88,8 +124,8 @@ def test_a_bf16_step_runs_the_layers_in_bf16_the_losses_in_fp32_and_trains(name,
     def spy(config):  # the loss each training step computes, as the loop gets it
         fn = loss_of(config)
 
-        def recorded(model, x):
-            loss = fn(model, x)
+        def recorded(model, x, kl_weight=1.0):
+            loss = fn(model, x, kl_weight)
             if model.training:
                 losses.append(loss.detach())
             return loss
@@ -125,14 +161,69 @@ def test_a_bf16_step_runs_the_layers_in_bf16_the_losses_in_fp32_and_trains(name,
     assert history["loss_history"][-1] < history["loss_history"][0], history["loss_history"]
 
 
+def onednn_setting():
+    return torch.backends.mkldnn.matmul.fp32_precision, torch.backends.mkldnn.conv.fp32_precision
+
+
+@pytest.mark.parametrize("name", ["bae", "dae", "vae"])
+def test_an_onednn_bf16_step_sets_onednn_in_forward_and_backward_only_and_trains(name, tmp_path, monkeypatch):
+    # oneDNN's setting as each training step's loss is computed, as its gradient reaches the first
+    # layer (the end of the backward pass) and as the test loss is computed; and afterwards
+    seen = {"forward": set(), "backward": set(), "test loss": set()}
+    loss_of = train.loss_function
+
+    def spy(config):
+        fn = loss_of(config)
+
+        def recorded(model, x, kl_weight=1.0):
+            seen["forward" if model.training else "test loss"].add(onednn_setting())
+            return fn(model, x, kl_weight)
+        return recorded
+
+    monkeypatch.setattr(train, "loss_function", spy)
+    before = onednn_setting()
+    torch.manual_seed(0)
+    model = ae.MODELS[name](4)
+    layers = dtypes_in_training(model)
+    next(model.parameters()).register_hook(lambda grad: seen["backward"].add(onednn_setting()))
+    config = {**train.SHARED_DEFAULTS, "model": name, "dataset": "mnist" if name == "bae" else "variance",
+              "epochs": 4, "batch_size": 25, "lr": 3e-3, "precision": "onednn-bf16"}
+    history = train.train(model, config, tiny_images(100), tiny_images(20, 1), str(tmp_path))
+    assert seen["forward"] == seen["backward"] == {("bf16", "bf16")}
+    assert seen["test loss"] == {before} and onednn_setting() == before  # plain float32 outside the steps
+    assert layers["layers"] == {torch.float32}  # every tensor stays float32: oneDNN rounds inside its kernels
+    assert all(torch.isfinite(torch.tensor(h)) for h in history["loss_history"])
+    assert history["loss_history"][-1] < history["loss_history"][0], history["loss_history"]
+
+
+def test_an_interrupted_onednn_bf16_run_puts_the_setting_back(tmp_path, monkeypatch):
+    # Ctrl-C in the middle of a step: the process (a test, a notebook) goes on in plain float32
+    before, calls = onednn_setting(), []
+
+    def interrupted(model, x, kl_weight=1.0):
+        calls.append(onednn_setting())
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return ae.bae_loss(model, x)
+
+    monkeypatch.setattr(train, "loss_function", lambda config: interrupted)
+    config = {**train.SHARED_DEFAULTS, "model": "bae", "dataset": "mnist", "epochs": 1, "batch_size": 25,
+              "lr": 1e-3, "precision": "onednn-bf16"}
+    with pytest.raises(KeyboardInterrupt):
+        train.train(ae.BottleneckAE(4), config, tiny_images(100), tiny_images(20, 1), str(tmp_path))
+    assert calls[-1] == ("bf16", "bf16") and onednn_setting() == before
+
+
 def test_fp32_on_request_never_touches_bf16(tmp_path):
     torch.manual_seed(0)
     model = ae.VAE(4)
     seen = dtypes_in_training(model)
     config = {**train.SHARED_DEFAULTS, "model": "vae", "dataset": "variance", "epochs": 1, "batch_size": 25,
               "lr": 1e-3, "precision": "fp32"}
+    before = onednn_setting()
+    next(model.parameters()).register_hook(lambda grad: seen["layers"].add(onednn_setting()))
     train.train(model, config, tiny_images(50), tiny_images(20, 1), str(tmp_path))
-    assert seen["layers"] == {torch.float32}
+    assert seen["layers"] == {torch.float32, before}  # float32 layers, and oneDNN as it was in the backward pass
 
 
 def test_the_choice_is_saved_in_metrics_json_and_resume_keeps_it(mnist_dir, tmp_path, capsys):
@@ -163,7 +254,8 @@ def test_the_choice_is_saved_in_metrics_json_and_resume_keeps_it(mnist_dir, tmp_
     assert_clean_error(proc, "drop --precision", "precision bf16")
     parsed = train.get_parser().parse_args(["--model", "bae", "--resume", "--data-dir", mnist_dir, "--out", str(out)])
     assert train.settings(parsed)[0]["precision"] == "bf16"
-    # a resume.pt from before --precision trained in float32, and continues so
-    del resume["config"]["precision"]
+    # a resume.pt from before --precision trained in float32, and one from before --kl-warmup without
+    # a warm-up: each continues so
+    del resume["config"]["precision"], resume["config"]["kl_warmup"]
     torch.save(resume, out / "resume.pt")
-    assert train.settings(parsed)[0]["precision"] == "fp32"
+    assert train.settings(parsed)[0]["precision"] == "fp32" and train.settings(parsed)[0]["kl_warmup"] == 0.0

@@ -10,6 +10,7 @@ import torch
 
 import ae
 import train
+from conftest import assert_clean_error, call_main
 
 
 def config_of(*argv):
@@ -19,14 +20,17 @@ def config_of(*argv):
 def test_every_flag_reaches_the_config_even_when_zero():
     config = config_of("dae", "--dataset", "mnist", "--epochs", "7", "--batch-size", "33", "--lr", "0.25",
                        "--lr-schedule", "constant", "--n-components", "4", "--noise-std", "0", "--seed", "0",
-                       "--train-size", "123")
+                       "--train-size", "123", "--kl-warmup", "0", "--precision", "onednn-bf16")
     assert config == {"model": "dae", "dataset": "mnist", "epochs": 7, "batch_size": 33, "lr": 0.25,
-                      "lr_schedule": "constant", "n_components": 4, "noise_std": 0.0, "seed": 0, "train_size": 123,
-                      "precision": "auto"}
+                      "lr_schedule": "constant", "kl_warmup": 0.0, "n_components": 4, "noise_std": 0.0, "seed": 0,
+                      "train_size": 123, "precision": "onednn-bf16"}
     assert config_of("dae", "--seed", "-1")["seed"] == -1
-    assert config_of("vae") == {"model": "vae", "dataset": "variance", "epochs": 3, "batch_size": 128, "lr": 4e-3,
-                                "lr_schedule": "warmup_cosine", "n_components": 10, "noise_std": 0.2, "seed": 0,
-                                "train_size": 60000, "precision": "auto"}
+    assert config_of("vae") == {"model": "vae", "dataset": "variance", "epochs": 4, "batch_size": 128, "lr": 4e-3,
+                                "lr_schedule": "warmup_cosine", "kl_warmup": 0.6, "n_components": 10, "noise_std": 0.2,
+                                "seed": 0, "train_size": 60000, "precision": "auto"}
+    assert config_of("vae", "--kl-warmup", "0")["kl_warmup"] == 0.0  # the plain -ELBO from the first step
+    assert config_of("vae", "--long")["kl_warmup"] == 0.0 and config_of("vae", "--long", "--kl-warmup", "0.3")["kl_warmup"] == 0.3
+    assert config_of("bae")["kl_warmup"] == config_of("dae")["kl_warmup"] == 0.0
     assert config_of("bae", "--long")["epochs"] == 20 and config_of("bae", "--long", "--epochs", "2")["epochs"] == 2
     # the DAE's --long is the original recipe's training length, batch, step and schedule; a flag still wins
     long_dae = config_of("dae", "--long", "--batch-size", "64", "--lr-schedule", "warmup_cosine")
@@ -81,12 +85,51 @@ def test_the_constant_schedule_keeps_the_learning_rate(tmp_path, monkeypatch):
     assert seen == [0.25] * (2 * 20)
 
 
+def test_the_vae_gets_the_kl_warm_up_at_every_step_and_the_test_loss_the_plain_elbo(tmp_path, monkeypatch):
+    # Oracle: the warm-up written out in numpy for every step of a 3-epoch run, as vae_loss gets it
+    # (so a weight restarted every epoch, stepped once an epoch or left at 1 fails); the test loss
+    # at the end of each epoch is the -ELBO itself, weight 1.
+    seen = {"train": [], "test": []}
+    vae_loss = ae.vae_loss
+
+    def spy(model, x, kl_weight=1.0):
+        seen["train" if model.training else "test"].append(kl_weight)
+        return vae_loss(model, x, kl_weight)
+
+    monkeypatch.setattr(ae, "vae_loss", spy)
+    config = {**train.SHARED_DEFAULTS, "model": "vae", "dataset": "variance", "epochs": 3, "batch_size": 10,
+              "lr": 1e-3, "kl_warmup": 0.4}
+    torch.manual_seed(0)
+    train.train(ae.VAE(3), config, tiny_images(205), tiny_images(20, 1), str(tmp_path))
+    total = 3 * 20
+    expected = np.minimum(1.0, np.arange(total) / (0.4 * total))  # 0, 1/24, ..., 1 from step 24 on
+    np.testing.assert_allclose(seen["train"], expected, rtol=1e-12)
+    assert seen["train"][0] == 0.0 and seen["train"][23] < 1.0 and seen["train"][24] == 1.0
+    assert seen["test"] and set(seen["test"]) == {1.0}
+    # without a warm-up, every step is the plain -ELBO
+    seen["train"].clear()
+    train.train(ae.VAE(3), {**config, "epochs": 1, "kl_warmup": 0.0}, tiny_images(205), tiny_images(20, 1),
+                str(tmp_path))
+    assert seen["train"] == [1.0] * 20
+
+
+def test_kl_warmup_is_a_fraction_and_only_for_the_vae(mnist_dir, tmp_path, capsys):
+    for bad in ("1.5", "-0.1", "x"):
+        with pytest.raises(SystemExit):
+            train.get_parser().parse_args(["--model", "vae", "--kl-warmup", bad])
+    assert "between 0 and 1" in capsys.readouterr().err
+    proc = call_main(train.main, ["--model", "dae", "--kl-warmup", "0.5", "--data-dir", mnist_dir,
+                                  "--out", tmp_path / "dae"], capsys)
+    assert_clean_error(proc, "--kl-warmup", "only the VAE")
+    assert not (tmp_path / "dae").exists()
+
+
 def test_each_epochs_loss_is_the_mean_over_its_steps(tmp_path, monkeypatch):
     # A loss that is 1, 2, 3, ... at successive training steps and 7 on the test set: the history
     # must hold each epoch's mean of its own steps, and 7.
     calls = []
 
-    def fake_loss(model, x):
+    def fake_loss(model, x, kl_weight=1.0):
         value = 7.0 if not model.training else float(len(calls) + 1)
         if model.training:
             calls.append(value)
