@@ -748,6 +748,9 @@ def load_checkpoint(path, map_location="cpu"):
 CONFIG_KEYS = ["model", "dataset", "epochs", "batch_size", "lr", "lr_schedule", "kl_warmup", "n_components",
                "noise_std", "seed", "train_size", "precision"]
 EVALUATION_KEYS = [key for key in CONFIG_KEYS if key in ("model", "dataset", "n_components", "noise_std", "seed")]
+# What a run saved before a flag existed trained with: the one schedule there was, float32, no KL
+# warm-up. A resumed run continues so (train.settings), and report.md rebuilds it so.
+BEFORE_THE_FLAG = {"lr_schedule": "warmup_cosine", "precision": "fp32", "kl_warmup": 0.0}
 
 
 def load_model(path, models):
@@ -961,6 +964,7 @@ def write_report(out, config, history, metrics=None):
     """report.md: the run on one page, for any Markdown viewer: the command that rebuilds it, the
     summary's lines (metrics.json's numbers, as print_summary prints them), then every picture in
     the folder with a line saying what each row is, in the order to look at them."""
+    config = {**config, **{k: v for k, v in BEFORE_THE_FLAG.items() if k not in config}}  # an older run's
     flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in config.items() if key != "model")
     lines = [f"# {config['model'].upper()} on {'varianceMNIST' if config['dataset'] == 'variance' else 'MNIST'}", "",
              "The run, rebuilt by:", "", f"    python train.py --model {config['model']} {flags}", ""]

@@ -47,7 +47,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #     more per image; the DAE reads out best with 4 epochs of 96 (of 64, 96 and 128), the BAE with 4
 #     of 128, and the VAE with 4 of 128 too (its -ELBO lower on every seed, its probe no worse);
 #   lr: Adam's step size at the peak of the schedule (warmup_cosine), within the seeds' spread of
-#     the best of several peaks compared over several seeds (one run moves noticeably with its seed);
+#     the best of several peaks compared over several seeds (one run moves noticeably with its seed),
+#     but for the DAE's 2.5e-3 at batch 96, the one peak tried there;
 #   kl_warmup: the VAE's KL warm-up (kl_weight below).
 # ("The original implementation" and "its recipe": ae.py's docstring.)
 # "long" is what --long changes: more epochs; for the DAE the original recipe's small batches,
@@ -305,7 +306,8 @@ def get_parser():
                         f"to zero; constant, the same throughout (default: {SHARED_DEFAULTS['lr_schedule']})")
     p.add_argument("--kl-warmup", type=fraction,
                    help="the VAE's KL warm-up: the KL term's weight rises from 0 to 1 over this fraction of the "
-                        f"steps; 0 for none (default: vae {DEFAULTS['vae']['kl_warmup']:g})")
+                        f"steps; 0 for none (default: vae {DEFAULTS['vae']['kl_warmup']:g}, "
+                        f"{DEFAULTS['vae']['long']['kl_warmup']:g} with --long)")
     p.add_argument("--n-components", type=positive(int),
                    help=f"K, the size of the code (default: {SHARED_DEFAULTS['n_components']})")
     p.add_argument("--noise-std", type=non_negative_float,
@@ -406,10 +408,9 @@ def settings(args):
     path = os.path.join(out, "resume.pt")
     checkpoint = evaluate.load_checkpoint(path, map_location="cpu")
     keys = ["optimizer", "schedule", "epoch", "history", "rng"]
-    if isinstance(checkpoint.get("config"), dict):  # saved before --lr-schedule existed: it had one schedule
-        checkpoint["config"].setdefault("lr_schedule", "warmup_cosine")
-        checkpoint["config"].setdefault("precision", "fp32")  # and before --precision, float32 only
-        checkpoint["config"].setdefault("kl_warmup", 0.0)  # and before --kl-warmup, none
+    if isinstance(checkpoint.get("config"), dict):  # saved before a flag existed: what it trained with
+        for key, value in evaluate.BEFORE_THE_FLAG.items():
+            checkpoint["config"].setdefault(key, value)
     if any(k not in checkpoint for k in keys) or any(k not in checkpoint["config"] for k in CONFIG_KEYS):
         raise UserError(f"{path} is not a complete training state; start over with --force")
     saved = checkpoint["config"]
@@ -438,15 +439,23 @@ def choose_precision(requested, device):
     if requested == "onednn-bf16" and device.type != "cpu":
         raise UserError(f"--precision onednn-bf16 sets oneDNN, the CPU's library; on {device.type} use "
                         f"--precision bf16 or fp32")
+    if requested == "onednn-bf16" and not onednn_settable():
+        raise UserError("--precision onednn-bf16 needs torch 2.9 or later (torch.backends.mkldnn.matmul."
+                        "fp32_precision); use --precision fp32, or a newer torch")
     if requested != "auto":
         return requested
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if device.type == "cpu" and cpu_has_amx():
         return "bf16"
-    if device.type == "cpu" and {"AuthenticAMD", "avx512f"} <= cpu_words():
+    if device.type == "cpu" and {"AuthenticAMD", "avx512f"} <= cpu_words() and onednn_settable():
         return "onednn-bf16"  # float32 there, in oneDNN's faster kernels (Precision above)
     return "fp32"
+
+
+def onednn_settable():
+    # torch.backends.mkldnn.matmul.fp32_precision came with torch 2.9; requirements.txt admits older
+    return hasattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision")
 
 
 def cpu_words(cpuinfo="/proc/cpuinfo"):

@@ -13,6 +13,7 @@ from PIL import Image  # comes with torchvision; an independent reader of PGM, P
 
 import ae
 import evaluate
+import train
 
 
 def test_pca_matches_numpy_svd():
@@ -535,3 +536,15 @@ def test_the_validation_probe_is_fitted_on_the_first_five_sixths_and_read_on_the
     codes = torch.stack([sign * size, torch.zeros(60, dtype=torch.float64)], 1)  # (60, 2)
     assert evaluate.probe_validation_accuracy(codes, labels) == 0.0
     assert evaluate.probe_accuracy(codes[10:], labels[10:], codes[:10], labels[:10]) == 1.0  # the wrong end
+
+
+def test_the_report_rebuilds_a_run_saved_before_a_flag_existed_with_what_it_trained_with(tmp_path):
+    # A VAE saved before --kl-warmup and --precision trained without a warm-up, in float32; the
+    # report's command must say so, not leave them to today's defaults (a warm-up, auto)
+    old = {"model": "vae", "dataset": "variance", "epochs": 3, "batch_size": 128, "lr": 4e-3, "n_components": 10,
+           "noise_std": 0.2, "seed": 0, "train_size": 60000}
+    evaluate.write_report(str(tmp_path), old, {})
+    command = next(line.strip() for line in (tmp_path / "report.md").read_text().splitlines()
+                   if line.strip().startswith("python train.py"))
+    config = train.make_config(train.get_parser().parse_args(command.split()[2:]))
+    assert config == {**old, "lr_schedule": "warmup_cosine", "kl_warmup": 0.0, "precision": "fp32"}

@@ -59,6 +59,17 @@ def test_auto_on_a_cpu_picks_bf16_with_amx_onednn_bf16_on_amd_with_avx512_else_f
     assert choose("auto", "cpu") == expected
 
 
+def test_onednn_bf16_needs_a_torch_that_has_the_setting(fake_cpu, monkeypatch):
+    # torch before 2.9 has no torch.backends.mkldnn.matmul.fp32_precision: auto falls back to fp32,
+    # and asking for onednn-bf16 gets one line saying what to do
+    fake_cpu("amd with avx-512")
+    monkeypatch.setattr(torch.backends.mkldnn, "matmul", None, raising=False)
+    assert train.onednn_settable() is False
+    assert choose("auto", "cpu") == "fp32"
+    with pytest.raises(train.UserError, match="torch 2.9"):
+        choose("onednn-bf16", "cpu")
+
+
 def test_auto_on_a_gpu_follows_its_bf16_support(fake_cpu, monkeypatch):
     fake_cpu("intel with amx")
     for supported, expected in [(True, "bf16"), (False, "fp32")]:
