@@ -753,6 +753,11 @@ EVALUATION_KEYS = [key for key in CONFIG_KEYS if key in ("model", "dataset", "n_
 BEFORE_THE_FLAG = {"lr_schedule": "warmup_cosine", "precision": "fp32", "kl_warmup": 0.0}
 
 
+def with_old_defaults(config):
+    # a saved config, with what its run trained with for each flag it predates
+    return {**config, **{k: v for k, v in BEFORE_THE_FLAG.items() if k not in config}}
+
+
 def load_model(path, models):
     """(model, config, history) from a model.pt of train.py; `models` maps names to classes."""
     ckpt = load_checkpoint(path, map_location="cpu")
@@ -964,7 +969,7 @@ def write_report(out, config, history, metrics=None):
     """report.md: the run on one page, for any Markdown viewer: the command that rebuilds it, the
     summary's lines (metrics.json's numbers, as print_summary prints them), then every picture in
     the folder with a line saying what each row is, in the order to look at them."""
-    config = {**config, **{k: v for k, v in BEFORE_THE_FLAG.items() if k not in config}}  # an older run's
+    config = with_old_defaults(config)  # an older run's command names what it trained with
     flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in config.items() if key != "model")
     lines = [f"# {config['model'].upper()} on {'varianceMNIST' if config['dataset'] == 'variance' else 'MNIST'}", "",
              "The run, rebuilt by:", "", f"    python train.py --model {config['model']} {flags}", ""]

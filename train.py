@@ -409,8 +409,7 @@ def settings(args):
     checkpoint = evaluate.load_checkpoint(path, map_location="cpu")
     keys = ["optimizer", "schedule", "epoch", "history", "rng"]
     if isinstance(checkpoint.get("config"), dict):  # saved before a flag existed: what it trained with
-        for key, value in evaluate.BEFORE_THE_FLAG.items():
-            checkpoint["config"].setdefault(key, value)
+        checkpoint["config"] = evaluate.with_old_defaults(checkpoint["config"])
     if any(k not in checkpoint for k in keys) or any(k not in checkpoint["config"] for k in CONFIG_KEYS):
         raise UserError(f"{path} is not a complete training state; start over with --force")
     saved = checkpoint["config"]

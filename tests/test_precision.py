@@ -30,13 +30,12 @@ CPUINFO = {
 @pytest.fixture
 def fake_cpu(tmp_path, monkeypatch):
     """fake_cpu(name): /proc/cpuinfo replaced by CPUINFO[name] for train's processor checks."""
-    words, amx = train.cpu_words, train.cpu_has_amx
+    words = train.cpu_words
 
-    def use(name):
+    def use(name):  # cpu_has_amx reads the processor through cpu_words too
         path = tmp_path / name.replace(" ", "-")
         path.write_text(CPUINFO[name])
         monkeypatch.setattr(train, "cpu_words", lambda cpuinfo=None: words(str(path)))
-        monkeypatch.setattr(train, "cpu_has_amx", lambda cpuinfo=None: amx(str(path)))
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     return use
 
