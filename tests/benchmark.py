@@ -7,8 +7,9 @@
 Not collected by pytest (timings are figures here, never assertions in tests). For every run it
 reports the probe accuracy beside the reference implementation's, the quality ratio of the model,
 the training time beside the goal (a fifth of the reference's), training images/s, and the
-fraction of the machine's fp32 matmul peak that those images/s amount to. The machine's peak is
-measured in the same run. The table goes to stdout and, as JSON, to --json.
+fraction of the machine's matmul peak that those images/s amount to. The peak is measured in the
+same run, in the precision each run trained in (train.py --precision: a 2048 x 2048 product in
+fp32, under oneDNN's setting for onednn-bf16, under autocast for bf16). The table goes to stdout and, as JSON, to --json.
 
 One run is one draw: the DAE's and VAE's probe accuracies move by up to two points from one seed
 to the next. With --seeds, every run is repeated with each seed (train.py --seed) and the table ends
@@ -90,21 +91,24 @@ def verdict(model, probe_mean, seconds_mean, original_seconds):
     return "goal met" if not missed else "goal missed: " + ", ".join(missed)
 
 
-def matmul_flops(device, n=2048, repeats=20):
-    """The best fp32 FLOP/s of an n x n matmul on `device` (2 n^3 FLOPs each)."""
+def matmul_flops(device, precision="fp32", n=2048, repeats=20):
+    """The best FLOP/s of an n x n matmul of float32 tensors on `device` (2 n^3 FLOPs each), computed
+    as a training step in `precision` computes its products (train.py's Precision note)."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     # GPUs run asynchronously: wait for the work to finish before reading the clock
     sync = {"cuda": torch.cuda.synchronize, "mps": torch.mps.synchronize}.get(device.type, lambda: None)
     best = 0.0
-    for _ in range(3):
-        for _ in range(2):
-            a @ b  # warm-up
-        sync()
-        t = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        sync()
-        best = max(best, 2 * n ** 3 * repeats / (time.perf_counter() - t))
+    with train.onednn_bf16(precision == "onednn-bf16"), \
+            torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
+        for _ in range(3):
+            for _ in range(2):
+                a @ b  # warm-up
+            sync()
+            t = time.perf_counter()
+            for _ in range(repeats):
+                a @ b
+            sync()
+            best = max(best, 2 * n ** 3 * repeats / (time.perf_counter() - t))
     return best
 
 
@@ -161,6 +165,10 @@ def run(model, preset, dataset, seed, args):
         return json.load(f)
 
 
+def precision_of(metrics):
+    return metrics["config"].get("precision", "fp32")  # a run saved before --precision trained in fp32
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default=os.path.join(REPO, "data"), help="folder holding MNIST/raw")
@@ -187,8 +195,11 @@ def main():
         device = evaluate.pick_device(args.device)  # the device train.py will pick for the same --device
     except evaluate.UserError as e:
         p.exit(2, f"benchmark.py: error: {e}\n")
-    peak = matmul_flops(device)
-    print(f"fp32 matmul peak on {device}: {peak / 1e9:.1f} GFLOP/s, {torch.get_num_threads()} threads", flush=True)
+    peaks = {}  # the matmul peak in each precision the runs trained in, measured before the runs
+    for precision in dict.fromkeys(["fp32", train.choose_precision("auto", device)]):
+        peaks[precision] = matmul_flops(device, precision)
+        print(f"matmul peak on {device} in {precision}: {peaks[precision] / 1e9:.1f} GFLOP/s, "
+              f"{torch.get_num_threads()} threads", flush=True)
     paces = [measure_pace(args.pace_script, args.seed_code, args.data_dir)] if args.pace_script else []
 
     plan = []
@@ -215,6 +226,9 @@ def main():
         original, pace_source = {k: v[1] for k, v in REFERENCE.items()}, FALLBACK_PACE
     print(f"\nthe original's training time: " + ", ".join(f"{k} {original[k]:.0f} s" for k in REFERENCE)
           + f" ({pace_source})")
+    for m in metrics:  # a precision asked for with --extra, say
+        if precision_of(m) not in peaks:
+            peaks[precision_of(m)] = matmul_flops(device, precision_of(m))
     for (model, preset, dataset, seed), m in zip(plan, metrics):
         flops = training_flops_per_image(model, m["config"]["n_components"])
         ref_acc = REFERENCE[model][0]
@@ -224,14 +238,14 @@ def main():
             "batch_size": m["config"]["batch_size"], "probe_test_accuracy": m["probe_test_accuracy"],
             "probe_validation_accuracy": m.get("probe_validation_accuracy"),  # to decide by; the test set to report
             "probe_test_accuracy_unadapted": m.get("probe_test_accuracy_unadapted"),  # DAE only
-            "precision": m["config"].get("precision", "fp32"),
+            "precision": precision_of(m),
             "baselines": m.get("baselines"),  # the same probe on pixels, their squares, PCA, the untrained encoder
             **{k: m[k] for k in ("test_neg_elbo", "subset_neg_elbo", "test_nll_is", "subset_oracle_nll") if k in m},
             "reference_accuracy": ref_acc, "recipe_accuracy": RECIPE.get(model, {}).get("mean_probe"), "quality_name": quality[0], "quality": quality[1],
             "train_seconds": m["train_seconds"], "original_seconds": original[model],
             "goal_seconds": original[model] / 5, "time_ratio": m["train_seconds"] / original[model],
             "images_per_second": m["samples_per_second"], "train_gflop_per_image": flops / 1e9,
-            "fraction_of_peak": m["samples_per_second"] * flops / peak, "device": m["device"],
+            "fraction_of_peak": m["samples_per_second"] * flops / peaks[precision_of(m)], "device": m["device"],
         })
 
     header = (f"{'model':5} {'data':8} {'preset':7} {'seed':>4} {'ep':>3} {'prec':>11} {'probe':>6} {'valid':>6} "
@@ -269,7 +283,7 @@ def main():
                   f"goal {x['goal_seconds']:.0f}  {x.get('verdict', '')}")
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}",
               "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "matmul_gflops": peak / 1e9, "original_seconds": original, "original_pace": pace_source,
+              "matmul_gflops": {k: v / 1e9 for k, v in peaks.items()}, "original_seconds": original, "original_pace": pace_source,
               "command": " ".join(sys.argv), "rows": rows, "over_seeds": summary}
     path = args.json or os.path.join(args.out, "benchmark.json")
     with open(path, "w") as f:
