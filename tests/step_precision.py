@@ -70,6 +70,7 @@ def main():
     p.add_argument("--batch-sizes", default="32,128")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    train.keep_freed_memory()  # as train.run does
     print(f"{args.threads} threads, oneDNN ISA limit {os.environ.get('ONEDNN_MAX_CPU_ISA', 'none')}, "
           f"--precision auto here: {train.choose_precision('auto', torch.device('cpu'))}")
     print("a 128 x 6400 x 250 product's largest error, relative to its largest entry: "
