@@ -45,11 +45,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # is in docs/experiments.md; in short:
 #   epochs and batch_size: as many updates as the time goal (a fifth of the original
 #     implementation's training time) allows. Smaller batches give more updates per epoch but cost
-#     more per image; the DAE reads out best with 4 epochs of 96 (of 64, 96 and 128), the BAE with 4
-#     of 128, and the VAE with 4 of 128 too (its -ELBO lower on every seed, its probe no worse);
+#     more per image; the DAE reads out best with 4 epochs of 96 (of 64, 96 and 128; 5 epochs were no
+#     better), the BAE with 4 of 128, and the VAE with 4 of 128 too (its -ELBO lower on every seed,
+#     its probe no worse; 5 epochs no better);
 #   lr: Adam's step size at the peak of the schedule (warmup_cosine), within the seeds' spread of
-#     the best of several peaks compared over several seeds (one run moves noticeably with its seed),
-#     but for the DAE's 2.5e-3 at batch 96, the one peak tried there;
+#     the best of several peaks compared over several seeds (one run moves noticeably with its seed;
+#     the DAE's 1.8e-3, 2.5e-3 and 3.5e-3 at batch 96 read out the same);
 #   kl_warmup: the VAE's KL warm-up (kl_weight below).
 # ("The original implementation" and "its recipe": ae.py's docstring.)
 # "long" is what --long changes: more epochs; for the DAE the original recipe's small batches,
