@@ -17,7 +17,8 @@ Read it in this order: DEFAULTS (the hyperparameters), loss_function (the one sw
 to its loss), warmup_cosine and constant (the learning-rate schedules), kl_weight (the VAE's KL
 warm-up), the note on precision (--precision bf16 and onednn-bf16), train (the loop), run (the
 program: data, model, training, saving, evaluation). Below the marked line: the command line, the
-memory a step reuses (keep_freed_memory), the choice of precision, checkpoints, the bookkeeping after each epoch (end_of_epoch), errors.
+memory a step reuses (keep_freed_memory), the choice of precision, checkpoints, the bookkeeping
+after each epoch (end_of_epoch), errors.
 
 The training data lives on the training device as one uint8 tensor and each batch is drawn by
 indexing it (and, for varianceMNIST, multiplying by fresh noise): no DataLoader, no per-image
@@ -215,7 +216,7 @@ def held_out_loss(model, loss_fn, images, dataset, batch_size):
 def run(args):
     """The program: settings, data, model, training, the saved model and its evaluation."""
     config, device, out, checkpoint = settings(args)  # defaults or --resume's; checks that --out is safe
-    keep_freed_memory()  # a quarter of a DAE or VAE step on the CPU (below the line)
+    keep_freed_memory()  # a fifth of a DAE or VAE step's time on the CPU (below the line)
     torch.manual_seed(config["seed"])  # the one place training randomness is seeded
     train_images, _ = data.load_mnist(args.data_dir, train=True, device=device)
     test_images, _ = data.load_mnist(args.data_dir, train=False, device=device)
@@ -437,14 +438,14 @@ def keep_freed_memory():
     """Ask the C library's malloc to keep the memory a training step frees, for the next step to
     reuse; True where it did (Linux with glibc), False elsewhere, which changes nothing else.
 
-    Every step allocates the same tensors again (activations and gradients, about 25 MB for the
+    Every step allocates the same tensors again (activations and gradients, some 20-25 MB for the
     DAE at batch 96) and frees them at its end. glibc hands large freed blocks back to the kernel
     (mmap for each block, a trimmed heap), so the next step asks for them again, and the kernel
     zeroes every 4 KB page at its first touch: about 5000 page faults a DAE step, 7000 a VAE step,
-    a quarter of the step's time on the project's 2-core machine (docs/experiments.md). Told to
-    serve blocks under 32 MB from its heap and never to trim it, glibc reuses the same pages
-    every step. What is computed does not change, only how long it takes; the process keeps its
-    peak memory. (jemalloc or tcmalloc, preloaded with LD_PRELOAD, do the same; on a GPU,
+    a fifth to a quarter of the step's time on the project's 2-core machine (docs/experiments.md).
+    Told to serve blocks under 32 MB from its heap and never to trim it, glibc reuses the same
+    pages every step. What is computed does not change, only how long it takes; the process keeps
+    its peak memory. (jemalloc or tcmalloc, preloaded with LD_PRELOAD, do the same; on a GPU,
     PyTorch's own allocator already keeps the device's memory.)"""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt  # glibc's; no such library on macOS, Windows or musl
