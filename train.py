@@ -44,11 +44,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # The hyperparameters of each model's default run: short runs that train in a few minutes on a
 # 2-core CPU; --long trains longer, for the pictures. How each was chosen, with the runs behind it,
 # is in docs/experiments.md; in short:
-#   epochs and batch_size: as many updates as the time goal (a fifth of the original
-#     implementation's training time) allows. Smaller batches give more updates per epoch but cost
-#     more per image; the DAE reads out best with 4 epochs of 96 (of 64, 96 and 128; 5 epochs were no
-#     better), the BAE with 4 of 128, and the VAE with 4 of 128 too (its -ELBO lower on every seed,
-#     its probe no worse; 5 epochs no better);
+#   epochs and batch_size: updates within the time goal (a fifth of the original
+#     implementation's training time), and no more than read out better. Smaller batches give
+#     more updates per epoch but cost more per image; the DAE reads out best with 4 epochs of 96
+#     (of 64, 96 and 128; 5 epochs were no better), the BAE with 4 of 128, and the VAE with 4 of
+#     128 too (its -ELBO lower on every seed, its probe no worse; 5 epochs no better);
 #   lr: Adam's step size at the peak of the schedule (warmup_cosine), within the seeds' spread of
 #     the best of several peaks compared over several seeds (one run moves noticeably with its seed;
 #     the DAE's 1.8e-3, 2.5e-3 and 3.5e-3 at batch 96 read out the same);
@@ -112,8 +112,8 @@ def kl_weight(step, total_steps, warmup):
     # With the full KL from the first step, the KL pulls q(z|x) to the prior before the decoder has
     # learnt to use the code; with the weight low at first, the code carries the digit first and is
     # then pressed into shape. On the CPU it read out 0.64 points higher (paired seeds 0-4, the
-    # validation probe: docs/experiments.md); over 30% or all of the steps, no better than 60%. The loss curve shows the weighted loss while it rises;
-    # the test loss of each epoch is always the plain -ELBO.
+    # validation probe: docs/experiments.md); over 30% or all of the steps, no better than 60%. The
+    # loss curve shows the weighted loss while it rises; each epoch's test loss is the plain -ELBO.
     if warmup == 0:
         return 1.0
     return min(1.0, step / (warmup * total_steps))
@@ -216,7 +216,7 @@ def held_out_loss(model, loss_fn, images, dataset, batch_size):
 def run(args):
     """The program: settings, data, model, training, the saved model and its evaluation."""
     config, device, out, checkpoint = settings(args)  # defaults or --resume's; checks that --out is safe
-    keep_freed_memory()  # a fifth of a DAE or VAE step's time on the CPU (below the line)
+    keep_freed_memory()  # saves a fifth of a DAE or VAE step's time on the CPU (below the line)
     torch.manual_seed(config["seed"])  # the one place training randomness is seeded
     train_images, _ = data.load_mnist(args.data_dir, train=True, device=device)
     test_images, _ = data.load_mnist(args.data_dir, train=False, device=device)
@@ -436,17 +436,17 @@ def settings(args):
 
 def keep_freed_memory():
     """Ask the C library's malloc to keep the memory a training step frees, for the next step to
-    reuse; True where it did (Linux with glibc), False elsewhere, which changes nothing else.
+    reuse; True where glibc took the setting (Linux), False elsewhere, which changes nothing else.
 
     Every step allocates the same tensors again (activations and gradients, some 20-25 MB for the
     DAE at batch 96) and frees them at its end. glibc hands large freed blocks back to the kernel
     (mmap for each block, a trimmed heap), so the next step asks for them again, and the kernel
     zeroes every 4 KB page at its first touch: about 5000 page faults a DAE step, 7000 a VAE step,
     a fifth to a quarter of the step's time on the project's 2-core machine (docs/experiments.md).
-    Told to serve blocks under 32 MB from its heap and never to trim it, glibc reuses the same
-    pages every step. What is computed does not change, only how long it takes; the process keeps
-    its peak memory. (jemalloc or tcmalloc, preloaded with LD_PRELOAD, do the same; on a GPU,
-    PyTorch's own allocator already keeps the device's memory.)"""
+    Told to serve blocks under 32 MB from its heap and to trim it only past 1 GB, glibc reuses
+    the same pages every step. What is computed does not change, only how long it takes; the
+    process keeps its peak memory. (jemalloc or tcmalloc, preloaded with LD_PRELOAD, do the same,
+    and then this changes nothing; on a GPU, PyTorch's own allocator keeps the device's memory.)"""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt  # glibc's; no such library on macOS, Windows or musl
     except (OSError, AttributeError):
