@@ -111,9 +111,10 @@ def kl_weight(step, total_steps, warmup):
     # over the first `warmup` fraction of the steps, then 1 (warmup 0: always 1, the plain -ELBO).
     # With the full KL from the first step, the KL pulls q(z|x) to the prior before the decoder has
     # learnt to use the code; with the weight low at first, the code carries the digit first and is
-    # then pressed into shape. On the CPU it read out 0.64 points higher (paired seeds 0-4, the
-    # validation probe: docs/experiments.md); over 30% or all of the steps, no better than 60%. The
-    # loss curve shows the weighted loss while it rises; each epoch's test loss is the plain -ELBO.
+    # then pressed into shape. On the CPU it read out higher than without, and a warm-up over a
+    # shorter or a longer part of the steps no better (paired seeds, the validation probe: the
+    # numbers are in docs/experiments.md). The loss curve shows the weighted loss while it rises;
+    # each epoch's test loss is the plain -ELBO.
     if warmup == 0:
         return 1.0
     return min(1.0, step / (warmup * total_steps))
@@ -129,11 +130,10 @@ def kl_weight(step, total_steps, warmup):
 # kernels for a product (AMX), it then rounds to bfloat16 inside it. Where it has none, as on an AMD
 # EPYC, it computes in float32 (DNNL_VERBOSE=1 names each kernel it runs: all float32 there), and
 # the gain is only that its kernels are faster there than MKL's, which torch uses for float32
-# products by default: 2.4x for the DAE's widest product, a step 1.2-1.3x for the DAE and the VAE,
-# 1.6x for the BAE (docs/experiments.md). "auto" picks by the hardware (choose_precision, below
-# the line), so the same command may train in bf16 on one machine and fp32 on another; the choice
-# is saved in the config, and evaluation always computes in plain float32, so its numbers compare
-# across machines.
+# products by default (by how much, per model: docs/experiments.md). "auto" picks by the hardware
+# (choose_precision, below the line), so the same command may train in bf16 on one machine and
+# fp32 on another; the choice is saved in the config, and evaluation always computes in plain
+# float32, so its numbers compare across machines.
 
 
 @contextlib.contextmanager
@@ -216,7 +216,7 @@ def held_out_loss(model, loss_fn, images, dataset, batch_size):
 def run(args):
     """The program: settings, data, model, training, the saved model and its evaluation."""
     config, device, out, checkpoint = settings(args)  # defaults or --resume's; checks that --out is safe
-    keep_freed_memory()  # saves a fifth of a DAE or VAE step's time on the CPU (below the line)
+    keep_freed_memory()  # a faster step on the CPU (below the line)
     torch.manual_seed(config["seed"])  # the one place training randomness is seeded
     train_images, _ = data.load_mnist(args.data_dir, train=True, device=device)
     test_images, _ = data.load_mnist(args.data_dir, train=False, device=device)
@@ -438,11 +438,11 @@ def keep_freed_memory():
     """Ask the C library's malloc to keep the memory a training step frees, for the next step to
     reuse; True where glibc took the setting (Linux), False elsewhere, which changes nothing else.
 
-    Every step allocates the same tensors again (activations and gradients, some 20-25 MB for the
-    DAE at batch 96) and frees them at its end. glibc hands large freed blocks back to the kernel
+    Every step allocates the same tensors again (activations and gradients, tens of megabytes for
+    the DAE) and frees them at its end. glibc hands large freed blocks back to the kernel
     (mmap for each block, a trimmed heap), so the next step asks for them again, and the kernel
-    zeroes every 4 KB page at its first touch: about 5000 page faults a DAE step, 7000 a VAE step,
-    a fifth to a quarter of the step's time on the project's 2-core machine (docs/experiments.md).
+    zeroes every 4 KB page at its first touch: thousands of page faults in every DAE and VAE step,
+    a good part of the step's time (docs/experiments.md has the counts and the timings).
     Told to serve blocks under 32 MB from its heap and to trim it only past 1 GB, glibc reuses
     the same pages every step. What is computed does not change, only how long it takes; the
     process keeps its peak memory. (jemalloc or tcmalloc, preloaded with LD_PRELOAD, do the same,
