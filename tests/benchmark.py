@@ -9,7 +9,8 @@ reports the probe accuracy beside the reference implementation's, the quality ra
 the training time beside the goal (a fifth of the reference's), training images/s, and the
 fraction of the machine's matmul peak that those images/s amount to. The peak is measured in the
 same run, in the precision each run trained in (train.py --precision: a 2048 x 2048 product in
-fp32, under oneDNN's setting for onednn-bf16, under autocast for bf16). The table goes to stdout and, as JSON, to --json.
+fp32, under oneDNN's setting for onednn-bf16, under autocast for bf16). The table goes to stdout
+and, as JSON, to --json.
 
 One run is one draw: the DAE's and VAE's probe accuracies move by up to two points from one seed
 to the next. With --seeds, every run is repeated with each seed (train.py --seed) and the table ends
