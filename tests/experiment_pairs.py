@@ -16,6 +16,12 @@ Prints one line per run, then for each variant and seed both arms and the paired
 the mean and sd of each; --json writes them all. Options: --threads per run (default 1), --jobs
 runs at a time (default 2), --out scratch folder. Seconds are one-thread times of runs that share
 the machine: compare them with each other, not with the benchmark's.
+
+An arm may also name changes that train.py has no flag for, as words starting with "+" among its
+flags (PATCHES below: Adam's betas, a one-cycle schedule, a corruption level that changes over the
+run), so that a lever can be measured before it earns a place in train.py:
+
+    --variant "+adam-beta2=0.999" --variant "+one-cycle --lr 5e-3" --variant "+noise-ramp=0.4,0.1"
 """
 
 import argparse
@@ -33,14 +39,61 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
 
+def adam_beta2(train, config, value):
+    # Adam's second-moment average over ~1/(1 - beta2) steps: train.train's 0.99, or another
+    adam = train.torch.optim.Adam
+    train.torch.optim.Adam = lambda params, **kw: adam(params, **{**kw, "betas": (kw["betas"][0], float(value))})
+
+
+def one_cycle(train, config, value=None):
+    # Smith's one-cycle policy as torch has it (OneCycleLR): the rate rises from a 25th of the peak
+    # (--lr) to the peak over the first 30% of the steps, then falls to 1e-4 of it, both as cosines,
+    # while Adam's beta1 falls from 0.95 to 0.85 and rises back. It takes the place of the LambdaLR
+    # train.train builds (this process trains one run and nothing else).
+    lr_scheduler = train.torch.optim.lr_scheduler
+
+    class OneCycle(lr_scheduler.OneCycleLR):
+        def __init__(self, optimizer, lr_lambda):
+            steps = config["train_size"] // min(config["batch_size"], config["train_size"])
+            super().__init__(optimizer, max_lr=config["lr"], total_steps=config["epochs"] * steps)
+
+    lr_scheduler.LambdaLR = OneCycle
+
+
+def noise_ramp(train, config, value):
+    # The DAE's corruption sigma_n moving linearly from a first to a last level over the training
+    # steps ("a,b"), instead of --noise-std throughout; the test loss keeps --noise-std.
+    first, last = (float(v) for v in value.split(","))
+    steps = config["epochs"] * (config["train_size"] // min(config["batch_size"], config["train_size"]))
+    done = [0]
+
+    def loss_function(config):
+        def loss(model, x, kl_weight=1.0):
+            if not model.training:
+                return train.ae.dae_loss(model, x, config["noise_std"])
+            done[0] += 1
+            return train.ae.dae_loss(model, x, first + (last - first) * min(1.0, (done[0] - 1) / steps))
+        return loss
+
+    train.loss_function = loss_function
+
+
+PATCHES = {"adam-beta2": adam_beta2, "one-cycle": one_cycle, "noise-ramp": noise_ramp}
+
+
 def one_run(model_name, flags, seed, data_dir, out, threads):
     import torch
     torch.set_num_threads(threads)
     import evaluate
     import train
+    words = shlex.split(flags)
+    patches = [w[1:].partition("=") for w in words if w.startswith("+")]
     args = train.get_parser().parse_args(["--model", model_name, "--seed", str(seed), "--device", "cpu",
-                                          "--data-dir", data_dir, "--out", out, "--force"] + shlex.split(flags))
+                                          "--data-dir", data_dir, "--out", out, "--force"]
+                                         + [w for w in words if not w.startswith("+")])
     config, device, _, _ = train.settings(args)  # the flags' checks, and "auto" resolved for this CPU
+    for name, _, value in patches:
+        PATCHES[name](train, config, value)
     train.keep_freed_memory()  # as train.run does: the same numbers, in less time
     torch.manual_seed(seed)
     train_images, _ = train.data.load_mnist(data_dir, train=True)
