@@ -122,6 +122,8 @@ def main():
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="/tmp/experiment_pairs")
     p.add_argument("--json", help="write every run and the summary here")
+    p.add_argument("--baseline-from", metavar="JSON", help="take the baseline's runs from an earlier --json of the "
+                   "same model and baseline flags instead of training them again (they reproduce to the digit)")
     p.add_argument("--one", nargs=2, metavar=("ARM", "SEED"), help=argparse.SUPPRESS)  # a subprocess's own run
     args = p.parse_args()
     arms = [args.baseline] + args.variant
@@ -131,7 +133,15 @@ def main():
         print(json.dumps(one_run(args.model, arms[arm], seed, args.data_dir, out, args.threads)))
         return
     seeds = [int(s) for s in args.seeds.split(",")]
-    jobs = [(arm, seed) for seed in seeds for arm in range(len(arms))]
+    earlier = []
+    if args.baseline_from:
+        with open(args.baseline_from) as f:
+            earlier = [r for r in json.load(f)["runs"]
+                       if r["model"] == args.model and r["flags"] == args.baseline and r["seed"] in seeds]
+        if sorted(r["seed"] for r in earlier) != sorted(seeds):
+            sys.exit(f"--baseline-from {args.baseline_from}: no {args.model} run with the baseline flags "
+                     f"{args.baseline!r} for each of the seeds {seeds}")
+    jobs = [(arm, seed) for seed in seeds for arm in range(1 if earlier else 0, len(arms))]
 
     def launch(job):
         cmd = [sys.executable, __file__, "--data-dir", args.data_dir, "--model", args.model,
@@ -149,7 +159,7 @@ def main():
         return result
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(launch, jobs))
+        results = earlier + list(pool.map(launch, jobs))
     by = {(r["flags"], r["seed"]): r for r in results}
     summary = {}
     for variant in args.variant:
