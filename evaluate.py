@@ -745,17 +745,19 @@ def load_checkpoint(path, map_location="cpu"):
 # The settings that decide what train.py computes, saved in every checkpoint (train.py's list is this
 # one), and of them the ones evaluation rebuilds and measures the model with (train_size, where a
 # checkpoint has it, chooses the probe's training images; older checkpoints lack it).
-CONFIG_KEYS = ["model", "dataset", "epochs", "batch_size", "lr", "lr_schedule", "kl_warmup", "n_components",
-               "noise_std", "seed", "train_size", "precision"]
+CONFIG_KEYS = ["model", "dataset", "epochs", "batch_size", "lr", "lr_schedule", "noise_start", "kl_warmup",
+               "n_components", "noise_std", "seed", "train_size", "precision"]
 EVALUATION_KEYS = [key for key in CONFIG_KEYS if key in ("model", "dataset", "n_components", "noise_std", "seed")]
 # What a run saved before a flag existed trained with: the one schedule there was, float32, no KL
-# warm-up. A resumed run continues so (train.settings), and report.md rebuilds it so.
+# warm-up, and the same corruption throughout (with_old_defaults). A resumed run continues so
+# (train.settings), and report.md rebuilds it so.
 BEFORE_THE_FLAG = {"lr_schedule": "warmup_cosine", "precision": "fp32", "kl_warmup": 0.0}
 
 
 def with_old_defaults(config):
     # a saved config, with what its run trained with for each flag it predates
-    return {**config, **{k: v for k, v in BEFORE_THE_FLAG.items() if k not in config}}
+    old = {**BEFORE_THE_FLAG, "noise_start": config.get("noise_std") if config.get("model") == "dae" else None}
+    return {**config, **{k: v for k, v in old.items() if k not in config}}
 
 
 def load_model(path, models):
@@ -970,7 +972,8 @@ def write_report(out, config, history, metrics=None):
     summary's lines (metrics.json's numbers, as print_summary prints them), then every picture in
     the folder with a line saying what each row is, in the order to look at them."""
     config = with_old_defaults(config)  # an older run's command names what it trained with
-    flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in config.items() if key != "model")
+    flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in config.items()
+                     if key != "model" and value is not None)  # None: a setting of another model's
     lines = [f"# {config['model'].upper()} on {'varianceMNIST' if config['dataset'] == 'variance' else 'MNIST'}", "",
              "The run, rebuilt by:", "", f"    python train.py --model {config['model']} {flags}", ""]
     if history.get("train_seconds") is not None:
@@ -1012,6 +1015,10 @@ def picture_captions(config, history):
             captions[-1] = (captions[-1][0], captions[-1][1] + (
                 f"; in the first {warmup} steps the KL term's weight rises from 0 to 1 (the KL warm-up), so the "
                 f"training loss is below the -ELBO there; the test loss is the -ELBO itself"))
+        if config.get("noise_start") not in (None, config["noise_std"]):  # train.noise_level
+            captions[-1] = (captions[-1][0], captions[-1][1] + (
+                f"; the corruption falls from sigma_n = {config['noise_start']:g} to {config['noise_std']:g} over "
+                f"the steps, so the training loss falls with it; the test loss is at {config['noise_std']:g}"))
     rows = ["the digit s (the first test image of each class)"]
     rows += ["the input x = s * e (mid-grey is 0)"] if signed else []
     rows += {"bae": ["the reconstruction"],

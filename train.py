@@ -14,8 +14,8 @@ at the start and after every epoch, so Ctrl-C or a crash loses at most the epoch
 `--resume` continues from it.
 
 Read it in this order: DEFAULTS (the hyperparameters), loss_function (the one switch from --model
-to its loss), warmup_cosine and constant (the learning-rate schedules), kl_weight (the VAE's KL
-warm-up), the note on precision (--precision bf16 and onednn-bf16), train (the loop), run (the
+to its loss), warmup_cosine and constant (the learning-rate schedules), noise_level (the DAE's
+falling corruption), kl_weight (the VAE's KL warm-up), the note on precision (--precision bf16 and onednn-bf16), train (the loop), run (the
 program: data, model, training, saving, evaluation). Below the marked line: the command line, the
 memory a step reuses (keep_freed_memory), the choice of precision, checkpoints, the bookkeeping
 after each epoch (end_of_epoch), errors.
@@ -52,36 +52,42 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #   lr: Adam's step size at the peak of the schedule (warmup_cosine), within the seeds' spread of
 #     the best of several peaks compared over several seeds (one run moves noticeably with its seed;
 #     the DAE's 1.8e-3, 2.5e-3 and 3.5e-3 at batch 96 read out the same);
+#   noise_start: the DAE's corruption at the first step, falling to noise_std at the last
+#     (noise_level below);
 #   kl_warmup: the VAE's KL warm-up (kl_weight below).
 # ("The original implementation" and "its recipe": ae.py's docstring.)
 # "long" is what --long changes: more epochs; for the DAE the original recipe's small batches,
-# small step and constant rate too, which is where its layout (ae.py) reads out best; the VAE's
-# keeps the training its pictures were made with, without the warm-up (measured on the default
-# run only).
+# small step, constant rate and constant corruption too, which is where its layout (ae.py) reads
+# out best; the VAE's keeps the training its pictures were made with, without the warm-up (the
+# DAE's falling corruption and the VAE's warm-up were measured on the default run only).
 DEFAULTS = {
     "bae": dict(dataset="mnist", epochs=4, batch_size=128, lr=2e-3, long=dict(epochs=20)),
-    "dae": dict(dataset="variance", epochs=4, batch_size=96, lr=2.5e-3,
-                long=dict(epochs=5, batch_size=32, lr=1e-3, lr_schedule="constant")),
+    "dae": dict(dataset="variance", epochs=4, batch_size=96, lr=2.5e-3, noise_start=0.4,
+                long=dict(epochs=5, batch_size=32, lr=1e-3, lr_schedule="constant", noise_start=None)),
     "vae": dict(dataset="variance", epochs=4, batch_size=128, lr=4e-3, kl_warmup=0.6,
                 long=dict(epochs=10, kl_warmup=0.0)),
 }
-# The same for every model: K, the size of the code; sigma_n, the DAE's corruption (pixel units);
-# the seed of every random draw of training; how many of MNIST's training images to use; the shape
-# of the learning rate over the run (SCHEDULES); the KL warm-up (kl_weight), which only the VAE has; the
-# arithmetic of the training step (the note on precision).
+# The same for every model: K, the size of the code; sigma_n, the DAE's corruption (pixel units),
+# at the end of training and in its evaluation; the seed of every random draw of training; how many
+# of MNIST's training images to use; the shape of the learning rate over the run (SCHEDULES); the
+# DAE's corruption at the first step (None: sigma_n throughout, make_config) and the VAE's KL
+# warm-up, which only they have; the arithmetic of the training step (the note on precision).
 SHARED_DEFAULTS = dict(n_components=10, noise_std=0.2, seed=0, train_size=60000, lr_schedule="warmup_cosine",
-                       kl_warmup=0.0, precision="auto")
+                       noise_start=None, kl_warmup=0.0, precision="auto")
 
 
 def loss_function(config):
-    # The one switch from --model to its loss (ae.py explains each), as loss(model, x, kl_weight): the
-    # weight of the KL term (kl_weight below) means something only to the VAE, the one loss with a KL.
+    # The one switch from --model to its loss (ae.py explains each), as loss(model, x, step, total_steps).
+    # Two losses change over the run: the DAE's corruption falls (noise_level below) and the VAE's KL
+    # term is weighed in (kl_weight below). Without a step (the test loss), each is at its final value.
     if config["model"] == "bae":
-        return lambda model, x, kl_weight=1.0: ae.bae_loss(model, x)
+        return lambda model, x, step=None, total_steps=None: ae.bae_loss(model, x)
     if config["model"] == "dae":
-        return lambda model, x, kl_weight=1.0: ae.dae_loss(model, x, config["noise_std"])
+        return lambda model, x, step=None, total_steps=None: ae.dae_loss(
+            model, x, noise_level(step, total_steps, config["noise_start"], config["noise_std"]))
     if config["model"] == "vae":
-        return ae.vae_loss
+        return lambda model, x, step=None, total_steps=None: ae.vae_loss(
+            model, x, kl_weight(step, total_steps, config["kl_warmup"]))
     raise ValueError(config["model"])
 
 
@@ -106,16 +112,29 @@ def constant(step, total_steps):
 SCHEDULES = {"warmup_cosine": warmup_cosine, "constant": constant}
 
 
+def noise_level(step, total_steps, start, end):
+    # The DAE's corruption sigma_n at `step`: falling linearly from `start` at the first step to `end`
+    # (--noise-std) at the last, and `end` for the test loss and the evaluation (start = end, or None:
+    # the same level throughout). A high level first makes the code hold the digit's coarse shape, which even a
+    # heavily corrupted image still shows; the lower levels after it add the finer strokes. The
+    # corruption's order is what counts: falling read out higher than the same levels rising, or
+    # than any one level held throughout (docs/experiments.md, "Scheduled denoising autoencoders",
+    # Geras and Sutton, 2015). The training loss falls with the corruption; the test loss is at `end`.
+    if step is None or start is None:
+        return end
+    return start + (end - start) * (step / total_steps)
+
+
 def kl_weight(step, total_steps, warmup):
     # The VAE's KL warm-up: the weight of the -ELBO's KL term at `step`, rising linearly from 0 to 1
-    # over the first `warmup` fraction of the steps, then 1 (warmup 0: always 1, the plain -ELBO).
+    # over the first `warmup` fraction of the steps, then 1 (warmup 0, or no step: 1, the plain -ELBO).
     # With the full KL from the first step, the KL pulls q(z|x) to the prior before the decoder has
     # learnt to use the code; with the weight low at first, the code carries the digit first and is
     # then pressed into shape. On the CPU it read out higher than without, and a warm-up over a
     # shorter or a longer part of the steps no better (paired seeds, the validation probe: the
     # numbers are in docs/experiments.md). The loss curve shows the weighted loss while it rises;
     # each epoch's test loss is the plain -ELBO.
-    if warmup == 0:
+    if warmup == 0 or step is None:
         return 1.0
     return min(1.0, step / (warmup * total_steps))
 
@@ -184,9 +203,8 @@ def train(model, config, train_images, test_images, out, checkpoint=None):
         with onednn_bf16(config["precision"] == "onednn-bf16"):  # forward and backward, not the test loss
             for step in range(steps):
                 x = data.make_batch(train_images[batches[step]], config["dataset"])  # (B, 1, 28, 28)
-                beta = kl_weight(epoch * steps + step, total_steps, config["kl_warmup"])  # 1 but in a warm-up
                 with autocast:  # bf16 layers with --precision bf16; the loss's formulas stay float32
-                    loss = loss_fn(model, x, beta)
+                    loss = loss_fn(model, x, epoch * steps + step, total_steps)  # the step: for the schedules
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -227,7 +245,8 @@ def run(args):
     print(f"{config['model']} on {config['dataset']}: {sum(p.numel() for p in model.parameters()):,} "
           f"parameters, {config['epochs']} epochs of {train_images.shape[0]} images, batch "
           f"{min(config['batch_size'], train_images.shape[0])}, lr {config['lr']} ({config['lr_schedule']}), "
-          f"on {device} in {config['precision']} -> {out}", flush=True)
+          + (f"corruption {config['noise_start']:g} -> {config['noise_std']:g}, "
+             if config["noise_start"] not in (None, config["noise_std"]) else "") + f"on {device} in {config['precision']} -> {out}", flush=True)
     try:
         history = train(model, config, train_images, test_images, out, checkpoint)
     except KeyboardInterrupt:
@@ -315,8 +334,12 @@ def get_parser():
     p.add_argument("--n-components", type=positive(int),
                    help=f"K, the size of the code (default: {SHARED_DEFAULTS['n_components']})")
     p.add_argument("--noise-std", type=non_negative_float,
-                   help=f"std of the DAE's Gaussian corruption, in pixel units "
-                        f"(default: {SHARED_DEFAULTS['noise_std']})")
+                   help=f"std of the DAE's Gaussian corruption, in pixel units, at the last step and in the "
+                        f"evaluation (default: {SHARED_DEFAULTS['noise_std']})")
+    p.add_argument("--noise-start", type=non_negative_float,
+                   help=f"the DAE's corruption at the first step, falling linearly to --noise-std at the last; "
+                        f"the value of --noise-std for the same level throughout (default: dae "
+                        f"{DEFAULTS['dae']['noise_start']:g}, --noise-std with --long)")
     p.add_argument("--seed", type=int,
                    help=f"seed of every random draw in training (default: {SHARED_DEFAULTS['seed']})")
     p.add_argument("--train-size", type=train_size,
@@ -389,6 +412,8 @@ def make_config(args):
     config = {"model": args.model}
     for key in CONFIG_KEYS[1:]:
         config[key] = defaults[key] if getattr(args, key) is None else getattr(args, key)
+    if config["model"] == "dae" and config["noise_start"] is None:
+        config["noise_start"] = config["noise_std"]  # the same level throughout (--long)
     return config
 
 
@@ -397,6 +422,8 @@ def settings(args):
     config from the flags (or, with --resume, the one saved in resume.pt, refusing flags that ask for
     other settings), the device, the checked --out, and resume.pt read back (None without --resume)."""
     config = make_config(args)
+    if config["model"] != "dae" and config["noise_start"] is not None:
+        raise UserError(f"--noise-start: only the DAE corrupts its input; drop it for --model {config['model']}")
     if config["model"] != "vae" and config["kl_warmup"] != 0:
         raise UserError(f"--kl-warmup: only the VAE's loss has a KL term; drop it for --model {config['model']}")
     if config["model"] == "vae" and min(config["batch_size"], config["train_size"]) < 2:

@@ -19,7 +19,7 @@ the machine: compare them with each other, not with the benchmark's.
 
 An arm may also name changes that train.py has no flag for, as words starting with "+" among its
 flags (PATCHES below: Adam's betas, a one-cycle schedule, a corruption level that changes over the
-run), so that a lever can be measured before it earns a place in train.py:
+run, now train.py's --noise-start), so that a lever can be measured before it earns a place in train.py:
 
     --variant "+adam-beta2=0.999" --variant "+one-cycle --lr 5e-3" --variant "+noise-ramp=0.4,0.1"
 """
@@ -62,20 +62,8 @@ def one_cycle(train, config, value=None):
 
 def noise_ramp(train, config, value):
     # The DAE's corruption sigma_n moving linearly from a first to a last level over the training
-    # steps ("a,b"), instead of --noise-std throughout; the test loss keeps --noise-std.
-    first, last = (float(v) for v in value.split(","))
-    steps = config["epochs"] * (config["train_size"] // min(config["batch_size"], config["train_size"]))
-    done = [0]
-
-    def loss_function(config):
-        def loss(model, x, kl_weight=1.0):
-            if not model.training:
-                return train.ae.dae_loss(model, x, config["noise_std"])
-            done[0] += 1
-            return train.ae.dae_loss(model, x, first + (last - first) * min(1.0, (done[0] - 1) / steps))
-        return loss
-
-    train.loss_function = loss_function
+    # steps ("a,b"), which train.py has since learnt: --noise-start a --noise-std b (the test loss at b)
+    config["noise_start"], config["noise_std"] = (float(v) for v in value.split(","))
 
 
 PATCHES = {"adam-beta2": adam_beta2, "one-cycle": one_cycle, "noise-ramp": noise_ramp}

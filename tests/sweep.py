@@ -2,8 +2,8 @@
 
     # K, the size of the code, for one model (docs/sweeps.md):
     python tests/sweep.py train --model vae --flag n-components --values 2,5,10,20,50 --data-dir /path/to/mnist
-    # the DAE's corruption:
-    python tests/sweep.py train --model dae --flag noise-std --values 0.1,0.2,0.3,0.5 --data-dir /path/to/mnist
+    # the DAE's corruption, one level throughout (--flag names several flags, each set to the value):
+    python tests/sweep.py train --model dae --flag noise-std,noise-start --values 0.1,0.2,0.3,0.5 --data-dir /path/to/mnist
     # the VAE's importance-sampled -log p(x) with more and more samples of z per image:
     python tests/sweep.py is-samples --checkpoint runs/vae-variance/model.pt --values 1,10,100,1000 --data-dir /path/to/mnist
 
@@ -39,8 +39,9 @@ def train_runs(args):
     for value in args.values.split(","):
         runs = []
         for seed in [int(s) for s in args.seeds.split(",")]:
-            out = os.path.join(args.out, f"{args.model}-{args.flag}-{value}-seed{seed}")
-            cmd = [sys.executable, os.path.join(REPO, "train.py"), "--model", args.model, f"--{args.flag}", value,
+            out = os.path.join(args.out, f"{args.model}-{args.flag.replace(',', '+')}-{value}-seed{seed}")
+            flags = [word for flag in args.flag.split(",") for word in (f"--{flag}", value)]
+            cmd = [sys.executable, os.path.join(REPO, "train.py"), "--model", args.model, *flags,
                    "--seed", str(seed), "--data-dir", args.data_dir, "--out", out, "--force", *args.extra]
             if not (args.reuse and os.path.exists(os.path.join(out, "metrics.json"))):
                 print("$", " ".join(cmd[1:]), flush=True)
@@ -113,7 +114,7 @@ def main():
     sub = p.add_subparsers(dest="kind", required=True)
     t = sub.add_parser("train", help="train at several values of one train.py flag")
     t.add_argument("--model", required=True, choices=sorted(ae.MODELS))
-    t.add_argument("--flag", required=True, help="a train.py flag without its dashes, e.g. n-components")
+    t.add_argument("--flag", required=True, help="a train.py flag without its dashes, e.g. n-components; or several, comma-separated, each set to the value")
     t.add_argument("--seeds", default="0", help="comma-separated training seeds (default: 0)")
     t.add_argument("--out", default=os.path.join(REPO, "runs", "sweep"), help="where the runs go")
     t.add_argument("--reuse", action="store_true", help="read runs whose metrics.json exists instead of training")

@@ -547,4 +547,10 @@ def test_the_report_rebuilds_a_run_saved_before_a_flag_existed_with_what_it_trai
     command = next(line.strip() for line in (tmp_path / "report.md").read_text().splitlines()
                    if line.strip().startswith("python train.py"))
     config = train.make_config(train.get_parser().parse_args(command.split()[2:]))
-    assert config == {**old, "lr_schedule": "warmup_cosine", "kl_warmup": 0.0, "precision": "fp32"}
+    assert config == {**old, "lr_schedule": "warmup_cosine", "noise_start": None, "kl_warmup": 0.0, "precision": "fp32"}
+    # a DAE saved before --noise-start trained at one corruption level throughout, not today's falling one
+    evaluate.write_report(str(tmp_path), {**old, "model": "dae", "noise_std": 0.3}, {})
+    command = next(line.strip() for line in (tmp_path / "report.md").read_text().splitlines()
+                   if line.strip().startswith("python train.py"))
+    config = train.make_config(train.get_parser().parse_args(command.split()[2:]))
+    assert (config["noise_start"], config["noise_std"]) == (0.3, 0.3)

@@ -134,8 +134,8 @@ def test_a_bf16_step_runs_the_layers_in_bf16_the_losses_in_fp32_and_trains(name,
     def spy(config):  # the loss each training step computes, as the loop gets it
         fn = loss_of(config)
 
-        def recorded(model, x, kl_weight=1.0):
-            loss = fn(model, x, kl_weight)
+        def recorded(model, x, *step):
+            loss = fn(model, x, *step)
             if model.training:
                 losses.append(loss.detach())
             return loss
@@ -185,9 +185,9 @@ def test_an_onednn_bf16_step_sets_onednn_in_forward_and_backward_only_and_trains
     def spy(config):
         fn = loss_of(config)
 
-        def recorded(model, x, kl_weight=1.0):
+        def recorded(model, x, *step):
             seen["forward" if model.training else "test loss"].add(onednn_setting())
-            return fn(model, x, kl_weight)
+            return fn(model, x, *step)
         return recorded
 
     monkeypatch.setattr(train, "loss_function", spy)
@@ -210,7 +210,7 @@ def test_an_interrupted_onednn_bf16_run_puts_the_setting_back(tmp_path, monkeypa
     # Ctrl-C in the middle of a step: the process (a test, a notebook) goes on in plain float32
     before, calls = onednn_setting(), []
 
-    def interrupted(model, x, kl_weight=1.0):
+    def interrupted(model, x, *step):
         calls.append(onednn_setting())
         if len(calls) == 3:
             raise KeyboardInterrupt

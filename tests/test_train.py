@@ -24,17 +24,23 @@ def config_of(*argv):
 def test_every_flag_reaches_the_config_even_when_zero():
     config = config_of("dae", "--dataset", "mnist", "--epochs", "7", "--batch-size", "33", "--lr", "0.25",
                        "--lr-schedule", "constant", "--n-components", "4", "--noise-std", "0", "--seed", "0",
-                       "--train-size", "123", "--kl-warmup", "0", "--precision", "onednn-bf16")
+                       "--train-size", "123", "--kl-warmup", "0", "--precision", "onednn-bf16", "--noise-start", "0")
     assert config == {"model": "dae", "dataset": "mnist", "epochs": 7, "batch_size": 33, "lr": 0.25,
-                      "lr_schedule": "constant", "kl_warmup": 0.0, "n_components": 4, "noise_std": 0.0, "seed": 0,
-                      "train_size": 123, "precision": "onednn-bf16"}
+                      "lr_schedule": "constant", "noise_start": 0.0, "kl_warmup": 0.0, "n_components": 4,
+                      "noise_std": 0.0, "seed": 0, "train_size": 123, "precision": "onednn-bf16"}
     assert config_of("dae", "--seed", "-1")["seed"] == -1
     assert config_of("vae") == {"model": "vae", "dataset": "variance", "epochs": 4, "batch_size": 128, "lr": 4e-3,
-                                "lr_schedule": "warmup_cosine", "kl_warmup": 0.6, "n_components": 10, "noise_std": 0.2,
-                                "seed": 0, "train_size": 60000, "precision": "auto"}
+                                "lr_schedule": "warmup_cosine", "noise_start": None, "kl_warmup": 0.6,
+                                "n_components": 10, "noise_std": 0.2, "seed": 0, "train_size": 60000, "precision": "auto"}
     assert config_of("vae", "--kl-warmup", "0")["kl_warmup"] == 0.0  # the plain -ELBO from the first step
     assert config_of("vae", "--long")["kl_warmup"] == 0.0 and config_of("vae", "--long", "--kl-warmup", "0.3")["kl_warmup"] == 0.3
     assert config_of("bae")["kl_warmup"] == config_of("dae")["kl_warmup"] == 0.0
+    # the DAE's corruption falls from 0.4 to --noise-std; with --long it stays at --noise-std throughout
+    assert (config_of("dae")["noise_start"], config_of("dae")["noise_std"]) == (0.4, 0.2)
+    assert config_of("dae", "--noise-std", "0.1")["noise_start"] == 0.4
+    assert config_of("dae", "--long")["noise_start"] == 0.2 and config_of("dae", "--long", "--noise-std", "0.3")["noise_start"] == 0.3
+    assert config_of("dae", "--long", "--noise-start", "0.5")["noise_start"] == 0.5
+    assert config_of("bae")["noise_start"] is None and config_of("vae", "--long")["noise_start"] is None
     assert config_of("bae", "--long")["epochs"] == 20 and config_of("bae", "--long", "--epochs", "2")["epochs"] == 2
     # the DAE's --long is the original recipe's training length, batch, step and schedule; a flag still wins
     long_dae = config_of("dae", "--long", "--batch-size", "64", "--lr-schedule", "warmup_cosine")
@@ -117,6 +123,39 @@ def test_the_vae_gets_the_kl_warm_up_at_every_step_and_the_test_loss_the_plain_e
     assert seen["train"] == [1.0] * 20
 
 
+def test_the_daes_corruption_falls_from_noise_start_to_noise_std_and_the_test_loss_is_at_noise_std(tmp_path, monkeypatch):
+    # The corruption level the DAE's loss gets at every training step, and on the test set: from
+    # --noise-start at the first step, linearly, to --noise-std after the last (evenly spaced, the
+    # endpoint excluded: numpy's linspace), and --noise-std for every test-loss batch.
+    seen = {"train": [], "test": []}
+    dae_loss = ae.dae_loss
+
+    def spy(model, x, noise_std=0.2):
+        seen["train" if model.training else "test"].append(noise_std)
+        return dae_loss(model, x, noise_std)
+
+    monkeypatch.setattr(ae, "dae_loss", spy)
+    config = {**train.SHARED_DEFAULTS, "model": "dae", "dataset": "variance", "epochs": 3, "batch_size": 10,
+              "lr": 1e-3, "noise_start": 0.5, "noise_std": 0.1}
+    torch.manual_seed(0)
+    train.train(ae.DenoisingAE(3), config, tiny_images(205), tiny_images(20, 1), str(tmp_path))
+    np.testing.assert_allclose(seen["train"], np.linspace(0.5, 0.1, 3 * 20, endpoint=False), rtol=1e-12)
+    assert seen["test"] and set(seen["test"]) == {0.1}
+    # the same level at both ends: that level at every step
+    seen["train"].clear()
+    train.train(ae.DenoisingAE(3), {**config, "epochs": 1, "noise_start": 0.1}, tiny_images(205), tiny_images(20, 1),
+                str(tmp_path))
+    assert seen["train"] == [0.1] * 20
+
+
+def test_noise_start_is_only_for_the_dae(mnist_dir, tmp_path, capsys):
+    for model in ("bae", "vae"):
+        proc = call_main(train.main, ["--model", model, "--noise-start", "0.4", "--data-dir", mnist_dir,
+                                      "--out", tmp_path / model], capsys)
+        assert_clean_error(proc, "--noise-start", "only the DAE")
+        assert not (tmp_path / model).exists()
+
+
 def test_kl_warmup_is_a_fraction_and_only_for_the_vae(mnist_dir, tmp_path, capsys):
     for bad in ("1.5", "-0.1", "x"):
         with pytest.raises(SystemExit):
@@ -133,7 +172,7 @@ def test_each_epochs_loss_is_the_mean_over_its_steps(tmp_path, monkeypatch):
     # must hold each epoch's mean of its own steps, and 7.
     calls = []
 
-    def fake_loss(model, x, kl_weight=1.0):
+    def fake_loss(model, x, *step):
         value = 7.0 if not model.training else float(len(calls) + 1)
         if model.training:
             calls.append(value)
