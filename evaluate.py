@@ -1017,8 +1017,9 @@ def picture_captions(config, history):
                 f"training loss is below the -ELBO there; the test loss is the -ELBO itself"))
         if config.get("noise_start") not in (None, config["noise_std"]):  # train.noise_level
             captions[-1] = (captions[-1][0], captions[-1][1] + (
-                f"; the corruption falls from sigma_n = {config['noise_start']:g} to {config['noise_std']:g} over "
-                f"the steps, so the training loss falls with it; the test loss is at {config['noise_std']:g}"))
+                f"; the corruption goes from sigma_n = {config['noise_start']:g} at the first step to "
+                f"{config['noise_std']:g} at the last, and the training loss with it; the test loss is at "
+                f"{config['noise_std']:g} throughout"))
     rows = ["the digit s (the first test image of each class)"]
     rows += ["the input x = s * e (mid-grey is 0)"] if signed else []
     rows += {"bae": ["the reconstruction"],

@@ -554,3 +554,13 @@ def test_the_report_rebuilds_a_run_saved_before_a_flag_existed_with_what_it_trai
                    if line.strip().startswith("python train.py"))
     config = train.make_config(train.get_parser().parse_args(command.split()[2:]))
     assert (config["noise_start"], config["noise_std"]) == (0.3, 0.3)
+
+
+def test_the_loss_curves_caption_says_when_the_daes_corruption_moves():
+    # the training loss of a DAE whose corruption falls lies above its test loss: the caption says why
+    config = {"model": "dae", "dataset": "variance", "noise_start": 0.4, "noise_std": 0.2, "kl_warmup": 0.0}
+    history = {"step_losses": list(np.linspace(0.05, 0.01, 200)), "test_loss_history": [0.02, 0.01]}
+    caption = dict(evaluate.picture_captions(config, history))["loss"]
+    assert "from sigma_n = 0.4 at the first step to 0.2 at the last" in caption and "at 0.2 throughout" in caption
+    for same in ({**config, "noise_start": 0.2}, {**config, "noise_start": None}):
+        assert "sigma_n" not in dict(evaluate.picture_captions(same, history))["loss"]

@@ -269,3 +269,9 @@ def test_the_choice_is_saved_in_metrics_json_and_resume_keeps_it(mnist_dir, tmp_
     del resume["config"]["precision"], resume["config"]["kl_warmup"]
     torch.save(resume, out / "resume.pt")
     assert train.settings(parsed)[0]["precision"] == "fp32" and train.settings(parsed)[0]["kl_warmup"] == 0.0
+    # and a DAE's from before --noise-start at its one corruption level throughout, not today's falling one
+    resume["config"].update(model="dae", noise_std=0.3)
+    resume["config"].pop("noise_start", None)
+    torch.save(resume, out / "resume.pt")
+    parsed = train.get_parser().parse_args(["--model", "dae", "--resume", "--data-dir", mnist_dir, "--out", str(out)])
+    assert (train.settings(parsed)[0]["noise_start"], train.settings(parsed)[0]["noise_std"]) == (0.3, 0.3)
