@@ -15,10 +15,10 @@ at the start and after every epoch, so Ctrl-C or a crash loses at most the epoch
 
 Read it in this order: DEFAULTS (the hyperparameters), loss_function (the one switch from --model
 to its loss), warmup_cosine and constant (the learning-rate schedules), noise_level (the DAE's
-falling corruption), kl_weight (the VAE's KL warm-up), the note on precision (--precision bf16 and onednn-bf16), train (the loop), run (the
-program: data, model, training, saving, evaluation). Below the marked line: the command line, the
-memory a step reuses (keep_freed_memory), the choice of precision, checkpoints, the bookkeeping
-after each epoch (end_of_epoch), errors.
+falling corruption), kl_weight (the VAE's KL warm-up), the note on precision (--precision bf16
+and onednn-bf16), train (the loop), run (the program: data, model, training, saving, evaluation).
+Below the marked line: the command line, the memory a step reuses (keep_freed_memory), the choice
+of precision, checkpoints, the bookkeeping after each epoch (end_of_epoch), errors.
 
 The training data lives on the training device as one uint8 tensor and each batch is drawn by
 indexing it (and, for varianceMNIST, multiplying by fresh noise): no DataLoader, no per-image
@@ -113,13 +113,14 @@ SCHEDULES = {"warmup_cosine": warmup_cosine, "constant": constant}
 
 
 def noise_level(step, total_steps, start, end):
-    # The DAE's corruption sigma_n at `step`: falling linearly from `start` at the first step to `end`
-    # (--noise-std) at the last, and `end` for the test loss and the evaluation (start = end, or None:
-    # the same level throughout). A high level first makes the code hold the digit's coarse shape, which even a
-    # heavily corrupted image still shows; the lower levels after it add the finer strokes. The
-    # corruption's order is what counts: falling read out higher than the same levels rising, or
-    # than any one level held throughout (docs/experiments.md, "Scheduled denoising autoencoders",
-    # Geras and Sutton, 2015). The training loss falls with the corruption; the test loss is at `end`.
+    # The DAE's corruption sigma_n at `step`: falling linearly from `start` at the first step to
+    # `end` (--noise-std) at the last, and `end` for the test loss and the evaluation (start = end,
+    # or None: the same level throughout). A high level first makes the code hold the digit's coarse
+    # shape, which even a heavily corrupted image still shows; the lower levels after it add the
+    # finer strokes. The order is what counts: falling read out higher than the same levels rising,
+    # or than any one level held throughout (docs/experiments.md; "Scheduled denoising
+    # autoencoders", Geras and Sutton, 2015). The training loss falls with the corruption; the test
+    # loss is at `end`.
     if step is None or start is None:
         return end
     return start + (end - start) * (step / total_steps)
@@ -246,7 +247,8 @@ def run(args):
           f"parameters, {config['epochs']} epochs of {train_images.shape[0]} images, batch "
           f"{min(config['batch_size'], train_images.shape[0])}, lr {config['lr']} ({config['lr_schedule']}), "
           + (f"corruption {config['noise_start']:g} -> {config['noise_std']:g}, "
-             if config["noise_start"] not in (None, config["noise_std"]) else "") + f"on {device} in {config['precision']} -> {out}", flush=True)
+             if config["noise_start"] not in (None, config["noise_std"]) else "")
+          + f"on {device} in {config['precision']} -> {out}", flush=True)
     try:
         history = train(model, config, train_images, test_images, out, checkpoint)
     except KeyboardInterrupt:
