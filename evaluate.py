@@ -1005,21 +1005,20 @@ def picture_captions(config, history):
         lo, hi = loss_axis(steps, history["test_loss_history"], window)
         # the first steps, which loss_axis leaves out: the first twentieth of the run
         cut = int((smoothed(steps, window) > hi).sum())
-        captions.append(("loss", f"the training loss of each of the {len(steps)} steps (light blue) and its mean "
-                                 f"over the last {window} (blue); the test loss after each of the {epochs} epochs "
-                                 f"(orange dots)" + (f"; the y-axis leaves out the first steps: the mean is above it "
-                                                     f"for {cut} steps (the highest loss of a step: {max(steps):.5g})"
-                                                     if cut else "")))
+        loss = (f"the training loss of each of the {len(steps)} steps (light blue) and its mean over the last "
+                f"{window} (blue); the test loss after each of the {epochs} epochs (orange dots)")
+        if cut:
+            loss += (f"; the y-axis leaves out the first steps: the mean is above it for {cut} steps (the highest "
+                     f"loss of a step: {max(steps):.5g})")
         warmup = int(np.ceil(config.get("kl_warmup", 0) * len(steps)))  # train.kl_weight: the steps with weight < 1
         if warmup:
-            captions[-1] = (captions[-1][0], captions[-1][1] + (
-                f"; in the first {warmup} steps the KL term's weight rises from 0 to 1 (the KL warm-up), so the "
-                f"training loss is below the -ELBO there; the test loss is the -ELBO itself"))
+            loss += (f"; in the first {warmup} steps the KL term's weight rises from 0 to 1 (the KL warm-up), so the "
+                     f"training loss is below the -ELBO there; the test loss is the -ELBO itself")
         if config.get("noise_start") not in (None, config["noise_std"]):  # train.noise_level
-            captions[-1] = (captions[-1][0], captions[-1][1] + (
-                f"; the corruption goes from sigma_n = {config['noise_start']:g} at the first step to "
-                f"{config['noise_std']:g} at the last, and the training loss with it; the test loss is at "
-                f"{config['noise_std']:g} throughout"))
+            loss += (f"; the corruption goes from sigma_n = {config['noise_start']:g} at the first step to "
+                     f"{config['noise_std']:g} at the last, and the training loss with it; the test loss is at "
+                     f"{config['noise_std']:g} throughout")
+        captions.append(("loss", loss))
     rows = ["the digit s (the first test image of each class)"]
     rows += ["the input x = s * e (mid-grey is 0)"] if signed else []
     rows += {"bae": ["the reconstruction"],
