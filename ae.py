@@ -7,7 +7,8 @@
 This file needs only torch, so it can be copied alone into another project. Every model maps a
 batch of images of shape (B, 1, 28, 28) to a K-dimensional code with `model.encode(x)`, and every
 loss is a plain function `loss(model, x) -> scalar` that the training loop calls (the DAE's takes
-its corruption's noise_std too, which train.py fills in).
+its corruption's noise_std too, the VAE's the KL term's weight, which train.py fills in). Models and
+losses compute in the dtype of the tensors they are given.
 
 "The original implementation" is the code this project grew from: varianceMNIST, a DAE and a VAE
 with a published run of each; "its recipe" is how it trained them (Adam at 1e-3, batches of 32,
@@ -28,16 +29,6 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-# Precision. `train.py --precision bf16` runs the layers' matrix products in bfloat16 under
-# torch.autocast. Each model hands its outputs back through full_precision, so that the mask, the
-# log-variance floor, the KL and the Gaussian likelihood below are computed in float32 even then;
-# in float32 (or float64) it changes nothing.
-
-
-def full_precision(t):
-    # float32 for a tensor that a layer computed in 16 bits under autocast; any other as it is
-    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 # -------------------------------------------------------------------------------------------------
 # Bottleneck autoencoder: 784-1000-500-250-K and back, trained to copy its input through K numbers.
@@ -66,7 +57,7 @@ class BottleneckAE(nn.Module):
         return self.encoder(x)  # (B, 1, 28, 28) -> (B, K)
 
     def forward(self, x):
-        return full_precision(self.decoder(self.encode(x)))  # the reconstruction, (B, 1, 28, 28)
+        return self.decoder(self.encode(x))  # the reconstruction, (B, 1, 28, 28)
 
 
 def bae_loss(model, x):
@@ -91,17 +82,13 @@ def bae_loss(model, x):
 # only be right if the K-number code says where the strokes are, which is why the DAE learns digit
 # shapes where a plain autoencoder of x does not: its K numbers cannot carry the 784 noise values
 # e, so its best output is about 0 whatever the digit.
-
-
-# The layout is the original implementation's (module docstring), with unpadded convolutions (28 -> 24 -> 20 instead of
-# 28 -> 26 -> 24: no worse, and a step is faster). Three of its BatchNorm choices carry its accuracy
-# when it is trained the recipe's way, long and in small batches (in the short default run the
-# layout as a whole made no difference): no BatchNorm on the 250 features (the largest of the three,
-# about two points), BatchNorm after each ReLU of the convolutions rather than before it, and
-# BatchNorm in the decoder, after both transposed convolutions, the last one on the mask's logits
-# (the smallest, under a point). docs/experiments.md has the paired runs. In eval mode each
-# BatchNorm is a fixed affine map, so the mask of an image does not depend on the other images of
-# its batch.
+#
+# The layout is the original implementation's (module docstring), with unpadded convolutions
+# (28 -> 24 -> 20 instead of 28 -> 26 -> 24), which cost less per step. Its BatchNorm sits after
+# each ReLU of the convolutions, not on the 250 features, and in the decoder after both transposed
+# convolutions, the last one on the mask's logits: each of these choices reads out higher when
+# trained the recipe's way (docs/experiments.md, "DAE layout"). In eval mode each BatchNorm is a
+# fixed affine map, so the mask of an image does not depend on the other images of its batch.
 
 
 class DenoisingAE(nn.Module):
@@ -128,7 +115,7 @@ class DenoisingAE(nn.Module):
 
     def decode(self, z):
         # the mask m = sigmoid(f(z)) of a code z (B, K): in (0, 1), shape (B, 1, 28, 28)
-        return torch.sigmoid(full_precision(self.decoder(z)))
+        return torch.sigmoid(self.decoder(z))
 
     def mask(self, x_noisy):
         return self.decode(self.encode(x_noisy))
@@ -181,18 +168,16 @@ def dae_loss(model, x, noise_std=0.2):
 #     logvar = min_logvar + softplus(logvar_raw - min_logvar)   (>= min_logvar, smooth, ~identity above)
 #
 # min_logvar = -6 means a smallest standard deviation of exp(-3) ~ 0.05 in [0, 1] pixel units.
-
-
+#
 # The VAE's convolutional encoder and decoder: the DAE's shapes, but BatchNorm before each ReLU of
 # the encoder, on the 250 features too, and none in the decoder.
 # Two unpadded 5x5 convolutions take 28x28 to 24x24 to 20x20, so the flat feature is 16*20*20=6400.
 #
 # varianceMNIST pixels are signed and small (std ~0.3) and the shape is in their squares, so the
-# first layers start far from a useful scale; BatchNorm rescales them every step. Why not the DAE's
-# layout: each model keeps the one that measured best for its own loss and training, and the
-# DAE's, trained as the VAE is, read out 1.2 points worse on average over five paired seeds
-# (docs/experiments.md). In eval mode BatchNorm is a fixed affine map, so the code of a test image
-# does not depend on the other images of its batch.
+# first layers start far from a useful scale; BatchNorm rescales them every step. Each model keeps
+# the layout that reads out best for its own loss: the DAE's, trained as the VAE is, reads out
+# lower (docs/experiments.md, "VAE layout"). In eval mode BatchNorm is a fixed affine map, so the
+# code of a test image does not depend on the other images of its batch.
 
 
 def conv_encoder_body():
@@ -224,8 +209,7 @@ class VAE(nn.Module):
         # The decoder's two heads, the mean and the log-variance of p(x | z), as one transposed
         # convolution with two output channels: channel 0 is the mean, channel 1 the log-variance
         # (before the floor). Each channel has its own weights and bias, so these are still two
-        # separate heads, but the 6x24x24 features are read once instead of twice, which makes a
-        # training step noticeably faster (docs/experiments.md).
+        # separate heads, but the 6x24x24 features are read once instead of twice.
         self.dec_heads = nn.ConvTranspose2d(6, 2, 5)  # (B, 6, 24, 24) -> (B, 2, 28, 28)
         # A buffer, not a parameter: it is saved with the model and moves with .to(device), but the
         # optimizer never changes it.
@@ -233,7 +217,7 @@ class VAE(nn.Module):
 
     def encode_dist(self, x):
         h = self.encoder(x)  # (B, 1, 28, 28) -> (B, 250)
-        return full_precision(self.enc_mu(h)), full_precision(self.enc_logvar(h))  # two (B, K)
+        return self.enc_mu(h), self.enc_logvar(h)  # two (B, K)
 
     def encode(self, x):
         # The code of an image is the mean of its approximate posterior.
@@ -241,7 +225,7 @@ class VAE(nn.Module):
 
     def decode(self, z):
         h = self.decoder(z)  # (B, K) -> (B, 6, 24, 24)
-        mu, logvar = full_precision(self.dec_heads(h)).chunk(2, dim=1)  # (B, 2, 28, 28) -> two (B, 1, 28, 28)
+        mu, logvar = self.dec_heads(h).chunk(2, dim=1)  # (B, 2, 28, 28) -> two (B, 1, 28, 28)
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)  # >= min_logvar, see above
         return mu, logvar
 
@@ -295,8 +279,9 @@ def neg_elbo_terms(model, x, generator=None):
 def vae_loss(model, x, kl_weight=1.0):
     # Negative ELBO per image, averaged over the batch:
     #     -ELBO = KL(q(z|x) || p(z)) + E_q[-log p(x | z)]
-    # with the expectation estimated by one reparameterised sample z ~ q(z | x). Training weights the
-    # KL term by kl_weight < 1 in its first steps (the KL warm-up, train.kl_weight); at 1 it is the -ELBO.
+    # with the expectation estimated by one reparameterised sample z ~ q(z | x). Training may weigh
+    # the KL term by kl_weight < 1 in its first steps (a KL warm-up, train.kl_weight); at 1 it is
+    # the -ELBO.
     kl, nll = neg_elbo_terms(model, x)  # (B, K), (B, 1, 28, 28)
     return (kl_weight * kl.sum(dim=1) + nll.flatten(1).sum(dim=1)).mean()
 

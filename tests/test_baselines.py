@@ -29,13 +29,16 @@ def fixed_draw(images, seed):
 
 
 def test_a_cold_cache_gives_the_probe_on_the_evaluations_inputs(cold_mnist, splits):
-    # Oracle: input_baselines (the probe on the pixels, their squares and their PCA) on the inputs
-    # drawn here by hand with the training and test seeds.
+    # Oracle: the probe on the pixels, their squares and their PCA, on the inputs drawn here by hand
+    # with the training and test seeds.
     assert not os.path.exists(cache_file(cold_mnist))
     result = evaluate.cached_input_baselines(cold_mnist, splits, "variance", 3)
     x = fixed_draw(splits.train_images, evaluate.SEEDS["train"])
     xt = fixed_draw(splits.test_images, evaluate.SEEDS["test"])
-    assert result == evaluate.input_baselines(x, splits.train_labels, xt, splits.test_labels, "variance", 3)
+    y, yt = splits.train_labels, splits.test_labels
+    assert result == {"pixels": evaluate.probe_accuracy(x, y, xt, yt, torch.float32),
+                      "pixels_squared": evaluate.probe_accuracy(x * x, y, xt * xt, yt, torch.float32),
+                      "pca": evaluate.pca_baseline(x, y, xt, yt, 3)}
     assert result["pixels"] < result["pixels_squared"]  # the digit is in x^2
     (key,) = json.load(open(cache_file(cold_mnist)))
     assert f"train=100 test=300" in key and "variance" in key
@@ -48,7 +51,7 @@ def test_a_damaged_cache_is_computed_again(cold_mnist, splits):
     for damage in (b"\x00\xff half a file", b"[1, 2, 3]", json.dumps({key: [0.5]}).encode()):
         open(cache_file(cold_mnist), "wb").write(damage)
         assert evaluate.cached_input_baselines(cold_mnist, splits, "mnist", 2) == result, damage
-        assert set(json.load(open(cache_file(cold_mnist)))[key]) == {"pixels", "pca K=2"}
+        assert set(json.load(open(cache_file(cold_mnist)))[key]) == {"pixels"}
 
 
 PLANTED = 0.1234567  # no accuracy over 300 test images: a number the cache alone can hold
@@ -65,11 +68,10 @@ def plant(root):
 def test_the_cache_is_read_for_the_same_setting_and_only_for_it(cold_mnist, splits, monkeypatch):
     evaluate.cached_input_baselines(cold_mnist, splits, "variance", 3)
     plant(cold_mnist)
-    planted = {"pixels": PLANTED, "pixels_squared": PLANTED, "pca": PLANTED}
-    assert evaluate.cached_input_baselines(cold_mnist, splits, "variance", 3) == planted  # a hit
-    # another K: the pixels' probes do not depend on it and are read; its PCA probe is computed
-    other_k = evaluate.cached_input_baselines(cold_mnist, splits, "variance", 2)
-    assert other_k["pixels"] == other_k["pixels_squared"] == PLANTED and other_k["pca"] != PLANTED
+    hit = evaluate.cached_input_baselines(cold_mnist, splits, "variance", 3)
+    assert hit["pixels"] == hit["pixels_squared"] == PLANTED  # a hit
+    # the PCA's probe on K numbers is computed every time, for any K
+    assert hit["pca"] != PLANTED and evaluate.cached_input_baselines(cold_mnist, splits, "variance", 2)["pca"] != PLANTED
     # another training set, another dataset, another version of the code: nothing is read
     fewer = evaluate.Splits(splits.train_images[:80], splits.train_labels[:80], *splits[2:])
     misses = {"train size": lambda: evaluate.cached_input_baselines(cold_mnist, fewer, "variance", 3),
@@ -91,4 +93,5 @@ def test_an_unwritable_cache_is_computed_and_said(cold_mnist, splits, monkeypatc
     assert set(result) == {"pixels", "pca"} and not os.path.exists(cache_file(cold_mnist))
     assert "could not write" in capsys.readouterr().out
     x, xt = (data.to_float(i).flatten(1) for i in (splits.train_images, splits.test_images))  # MNIST: x = s
-    assert result == evaluate.input_baselines(x, splits.train_labels, xt, splits.test_labels, "mnist", 2)
+    assert result == {"pixels": evaluate.probe_accuracy(x, splits.train_labels, xt, splits.test_labels, torch.float32),
+                      "pca": evaluate.pca_baseline(x, splits.train_labels, xt, splits.test_labels, 2)}

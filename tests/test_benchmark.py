@@ -1,12 +1,16 @@
-"""tests/benchmark.py's arithmetic: the README's headline verdicts and its FLOP counts come from it."""
+"""tools/benchmark.py's arithmetic: results.md's verdicts and its FLOP counts come from it."""
 
 import json
+import os
+import subprocess
+import sys
 
-import pytest
 import torch
 
-import benchmark
-import train
+from conftest import REPO
+
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import benchmark  # noqa: E402
 
 
 def test_verdict_against_the_higher_mark_and_a_fifth_of_the_pace():
@@ -42,19 +46,16 @@ def test_training_flops_per_image_by_hand():
         assert benchmark.training_flops_per_image(name) == 4 * macs[0] + 6 * sum(macs[1:]), name
 
 
-@pytest.mark.parametrize("precision", ["fp32", "onednn-bf16", "bf16"])
-def test_matmul_peak_in_each_precision_leaves_the_setting_as_it_was(precision, monkeypatch):
-    if precision == "onednn-bf16" and not train.onednn_settable():
-        pytest.skip("torch without torch.backends.mkldnn.matmul.fp32_precision")
-    seen = []
-    product = torch.Tensor.__matmul__
+def test_matmul_peak_is_a_plausible_float32_rate():
+    # 2 n^3 FLOPs per product over the measured time: positive, and below a generous bound for a CPU
+    assert 1e8 < benchmark.matmul_flops(torch.device("cpu"), n=256, repeats=3) < 1e14
 
-    def spy(a, b):  # what each product of the measurement ran under
-        seen.append((torch.is_autocast_enabled("cpu"),
-                     train.onednn_settable() and torch.backends.mkldnn.matmul.fp32_precision == "bf16"))
-        return product(a, b)
-    monkeypatch.setattr(torch.Tensor, "__matmul__", spy)
-    before = torch.backends.mkldnn.matmul.fp32_precision if train.onednn_settable() else None
-    assert benchmark.matmul_flops(torch.device("cpu"), precision, n=32, repeats=2) > 0
-    assert set(seen) == {(precision == "bf16", precision == "onednn-bf16")}
-    assert (torch.backends.mkldnn.matmul.fp32_precision if train.onednn_settable() else None) == before
+
+def test_as_avx2_limits_every_kernel_library():
+    # the emulation's three settings reach a process it starts: ATen's own dispatch reports AVX2
+    # (on a processor with AVX2 at least; ATen never goes above what the processor has)
+    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    env = dict(os.environ, **benchmark.AVX2)
+    capability = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip()
+    assert capability in ("AVX2", "DEFAULT")
+    assert set(benchmark.AVX2) == {"ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"}

@@ -13,7 +13,6 @@ from PIL import Image  # comes with torchvision; an independent reader of PGM, P
 
 import ae
 import evaluate
-import train
 
 
 def test_pca_matches_numpy_svd():
@@ -92,17 +91,17 @@ def test_input_baselines_see_the_digit_only_in_the_squares():
 
     x, y = draw(3000)
     xt, yt = draw(1000)
-    result = evaluate.input_baselines(x, y, xt, yt, "variance", 10)
+    result = {**evaluate.pixel_baselines(x, y, xt, yt, "variance"), "pca": evaluate.pca_baseline(x, y, xt, yt, 10)}
     assert set(result) == {"pixels", "pixels_squared", "pca"}
     assert result["pixels"] < 0.3 and result["pixels_squared"] > 0.8
     # each is the probe on exactly those features, train and test alike
-    assert result["pixels"] == evaluate.probe_accuracy(x, y, xt, yt)
-    assert result["pixels_squared"] == evaluate.probe_accuracy(x * x, y, xt * xt, yt)
+    assert result["pixels"] == evaluate.probe_accuracy(x, y, xt, yt, torch.float32)
+    assert result["pixels_squared"] == evaluate.probe_accuracy(x * x, y, xt * xt, yt, torch.float32)
     xn = x.double().numpy()
     _, _, vt = np.linalg.svd(xn - xn.mean(0), full_matrices=False)
     project = lambda a: torch.as_tensor((a.double().numpy() - xn.mean(0)) @ vt[:10].T)
     assert abs(result["pca"] - evaluate.probe_accuracy(project(x), y, project(xt), yt)) <= 2 / 1000
-    assert set(evaluate.input_baselines(x, y, xt, yt, "mnist", 10)) == {"pixels", "pca"}
+    assert set(evaluate.pixel_baselines(x, y, xt, yt, "mnist")) == {"pixels"}
 
 
 def test_pictures_are_written_as_pgm_ppm_and_png_with_the_same_bytes(tmp_path):
@@ -153,25 +152,29 @@ def test_scatter_image_draws_every_point_in_its_digits_colour():
         assert (key == evaluate.PALETTE[d]).all(1).sum() == 15 * 15
 
 
-def test_loss_curve_draws_each_step_and_epoch_where_its_docstring_says():
-    # Oracle: the mapping in loss_curve_image's docstring and the axis of loss_axis's, redone in
-    # numpy for a known history of 3 epochs of 200 steps whose first steps are far higher.
-    n, per_epoch, width, height, left, right, top, bottom = 600, 200, 720, 360, 64, 16, 24, 40
+def test_loss_curve_draws_each_step_and_epoch_where_its_docstring_says(tmp_path):
+    # Oracle: the mapping in save_loss_curve's docstring, redone in numpy for a known history of 3
+    # epochs of 200 steps whose first steps are far higher; the arrays saved beside it are the history.
+    n, per_epoch, width, height, left, margin = 600, 200, 720, 360, 64, 24
     t = np.arange(1, n + 1)
     steps = 2 + np.cos(t / 40) + 0.3 * (t % 7 == 0)
     steps[:10] = 500.0  # the VAE's kind of start: far above the rest
     tests = [2.5, 1.2, 1.9]
-    img = evaluate.loss_curve_image(steps.tolist(), tests, per_epoch)
-    assert img.shape == (height, width, 3) and img.dtype == np.uint8
+    config = {"kl_warmup": 0.0, "noise_start": None, "noise_std": 0.2}
+    caption = evaluate.save_loss_curve(str(tmp_path), {"step_losses": steps.tolist(), "test_loss_history": tests},
+                                       config)["loss"]
+    img = np.asarray(Image.open(tmp_path / "loss.ppm"))
+    assert img.shape == (height, width, 3) and np.array_equal(np.asarray(Image.open(tmp_path / "loss.png")), img)
+    assert np.array_equal(np.load(tmp_path / "loss_train.npy"), steps) and np.load(tmp_path / "loss_test.npy").tolist() == tests
     window = 6  # 1% of the steps
     mean = np.array([steps[max(0, i - window + 1): i + 1].mean() for i in range(n)])
     shown = np.r_[mean[n // 20:], tests]  # the first 5% left out of the axis
     lo, hi = shown.min() - 0.05 * np.ptp(shown), shown.max() + 0.05 * np.ptp(shown)
 
     def pixel(t, v):
-        col = left + np.floor(np.asarray(t) / n * (width - left - right - 1) + 0.5).astype(int)
-        row = top + np.floor((hi - np.asarray(v)) / (hi - lo) * (height - top - bottom - 1) + 0.5).astype(int)
-        return col, np.clip(row, top, height - bottom - 1)
+        col = left + np.floor(np.asarray(t) / n * (width - left - margin) + 0.5).astype(int)
+        row = margin + np.floor((hi - np.asarray(v)) / (hi - lo) * (height - 2 * margin) + 0.5).astype(int)
+        return col, np.clip(row, margin, height - margin)
 
     blue, orange = np.array([31, 119, 180]), np.array([255, 127, 14])
     cols, rows = pixel(t, mean)
@@ -183,11 +186,19 @@ def test_loss_curve_draws_each_step_and_epoch_where_its_docstring_says():
         if all(abs(c - dc) > 3 or abs(r - dr) > 3 for dc, dr in dots):
             assert (img[r, c] == blue).all(), (c, r)
             drawn += 1
-    assert drawn > n - 30 and rows[0] == top  # the first steps, cut at the top edge
+    assert drawn > n - 30 and rows[0] == margin  # the first steps, cut at the top edge
     # and nothing blue anywhere else: each blue pixel lies on a segment between two steps' points
     for r, c in np.argwhere((img == blue).all(2)):
         near = np.nonzero((np.minimum(cols[:-1], cols[1:]) <= c) & (c <= np.maximum(cols[:-1], cols[1:])))[0]
         assert any(min(rows[i], rows[i + 1]) <= r <= max(rows[i], rows[i + 1]) for i in near), (r, c)
+    # the caption names what is drawn and the steps the axis leaves out (the mean above hi)
+    assert f"the test loss after each of the 3 epochs" in caption
+    assert f"the mean is above it for {int((mean > hi).sum())} steps" in caption and "500" in caption
+
+
+def splits_of(test_images):
+    # evaluation's splits with these test images (the quality numbers read the test split alone)
+    return evaluate.Splits(None, None, test_images, None)
 
 
 class ConstantMask(torch.nn.Module):
@@ -206,11 +217,11 @@ def test_dae_oracle_on_constant_images():
     images = torch.full((2000, 1, 28, 28), 128, dtype=torch.uint8)
     s2, sigma2 = (128 / 255) ** 2, 0.2 ** 2
     config = {"noise_std": 0.2, "dataset": "variance"}
-    m = evaluate.dae_quality(ConstantMask(s2 / (s2 + sigma2)), config, images, "cpu")
+    m = evaluate.dae_quality(ConstantMask(s2 / (s2 + sigma2)), config, splits_of(images), "cpu")
     assert m["mse_over_oracle"] == pytest.approx(1.0, abs=1e-5)  # the same draws, the same denoiser
     # closed form: E[(k x~ - x)^2] = s^2 sigma_n^2 / (s^2 + sigma_n^2); 1.6M pixels, se ~0.1%
     assert m["oracle_mse"] == pytest.approx(s2 * sigma2 / (s2 + sigma2), rel=0.01)
-    worse = evaluate.dae_quality(ConstantMask(1.0), config, images, "cpu")  # no denoising
+    worse = evaluate.dae_quality(ConstantMask(1.0), config, splits_of(images), "cpu")  # no denoising
     assert worse["mse_over_oracle"] == pytest.approx(sigma2 / (s2 * sigma2 / (s2 + sigma2)), rel=0.01)
 
 
@@ -228,8 +239,7 @@ def test_vae_oracle_nll_on_constant_images():
     torch.manual_seed(0)
     model = ae.VAE(3).eval()
     config = {"dataset": "variance"}
-    m = {**evaluate.vae_quality(model, config, images, "cpu"),
-         **evaluate.bound_gaps(model, config, images[:10], "cpu", 3)}
+    m = evaluate.vae_quality(model, config, splits_of(images), "cpu", is_images=10, is_samples=3)
     assert m["oracle_nll"] == pytest.approx((closed(128 / 255) + closed(0)) / 2, rel=1e-6)
     assert m["subset_oracle_nll"] == pytest.approx(closed(128 / 255), rel=1e-6)  # the first 10 images
     assert m["subset_size"] == 10 and m["is_samples"] == 3
@@ -327,7 +337,7 @@ def test_input_baselines_fit_the_pca_on_the_training_inputs():
 
     x, y = draw(2000, loud_pixel_1=False)
     xt, yt = draw(2000, loud_pixel_1=True)
-    assert evaluate.input_baselines(x, y, xt, yt, "mnist", 1)["pca"] > 0.99
+    assert evaluate.pca_baseline(x, y, xt, yt, 1) > 0.99
 
 
 def test_interpolation_rows_decode_the_line_between_each_pair():
@@ -337,8 +347,8 @@ def test_interpolation_rows_decode_the_line_between_each_pair():
     model = ae.BottleneckAE(3).eval()
     s = torch.rand(10, 1, 28, 28)
     config = {"model": "bae", "dataset": "mnist", "noise_std": 0.2}
-    rows = evaluate.interpolation_rows(model, config, s, s)
-    assert len(rows) == 5
+    rows, caption = evaluate.interpolation_rows(model, config, s, s, evaluate.EVALUATION["bae"])
+    assert len(rows) == 5 and caption.startswith("each row: a test digit, the decoded images of 10 codes")
     with torch.no_grad():
         z = model.encode(s)
         for r in range(5):
@@ -359,7 +369,8 @@ def test_dae_interpolation_encodes_corrupted_inputs():
     s = torch.rand(10, 1, 28, 28)
     x = s * torch.randn(10, 1, 28, 28)
     config = {"model": "dae", "dataset": "variance", "noise_std": 0.5}
-    rows = evaluate.interpolation_rows(model, config, s, x)
+    rows, caption = evaluate.interpolation_rows(model, config, s, x, evaluate.EVALUATION["dae"])
+    assert "decoded masks" in caption and "(codes of corrupted inputs)" in caption
     x_noisy = x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(evaluate.SEEDS["interpolation"]))
     with torch.no_grad():
         z = model.encode(x_noisy)
@@ -374,7 +385,7 @@ def test_traversal_rows_move_one_dimension_each_in_order_of_kl():
     model = ae.VAE(4).eval()
     x = torch.rand(10, 1, 28, 28) * torch.randn(10, 1, 28, 28)
     kl = [0.5, 7.0, 0.0, 2.0]  # order: 1, 3, 0, 2
-    rows = evaluate.traversal_rows(model, {"model": "vae", "dataset": "variance"}, x, kl)
+    rows, _ = evaluate.traversal_rows(model, {"model": "vae", "dataset": "variance"}, x, {"kl_per_dimension": kl}, "cpu")
     assert len(rows) == 4
     with torch.no_grad():
         mu = model.encode(x[:1])[0]
@@ -429,7 +440,7 @@ def test_vae_kl_per_dimension_and_the_gap_split_in_closed_form():
     images[:, :, :14] = 128  # the top half is stroke (s = 128/255), the bottom half background (s = 0)
     mu, logvar, c = [0.0, 1.0, -2.0], [0.0, -1.0, 0.5], -1.0
     model = FixedVAE(mu, logvar, c).eval()
-    m = evaluate.vae_quality(model, {"dataset": "variance"}, images, "cpu")
+    m = evaluate.vae_quality(model, {"dataset": "variance"}, splits_of(images), "cpu", is_samples=2)
     kl = [0.5 * (u * u + math.exp(v) - 1 - v) for u, v in zip(mu, logvar)]
     assert m["kl_per_dimension"] == pytest.approx(kl, rel=1e-6)
     gap = m["gap_to_true_model"]
@@ -452,7 +463,7 @@ def test_dae_excess_split_on_strokes_and_background():
     images = torch.zeros(2000, 1, 28, 28, dtype=torch.uint8)
     images[:, :, :14] = 128
     k, sigma2 = 0.7, 0.2 ** 2
-    m = evaluate.dae_quality(ConstantMask(k), {"noise_std": 0.2, "dataset": "variance"}, images, "cpu")
+    m = evaluate.dae_quality(ConstantMask(k), {"noise_std": 0.2, "dataset": "variance"}, splits_of(images), "cpu")
     split = m["excess_mse"]
     assert split["background_pixels"] == pytest.approx(0.5 * k * k * sigma2, rel=0.01)
     # strokes: E[(k x~ - x)^2] - E[(m* x~ - x)^2] = (k - m*)^2 (s^2 + sigma_n^2), m* = s^2 / (s^2 + sigma_n^2)
@@ -538,29 +549,25 @@ def test_the_validation_probe_is_fitted_on_the_first_five_sixths_and_read_on_the
     assert evaluate.probe_accuracy(codes[10:], labels[10:], codes[:10], labels[:10]) == 1.0  # the wrong end
 
 
-def test_the_report_rebuilds_a_run_saved_before_a_flag_existed_with_what_it_trained_with(tmp_path):
-    # A VAE saved before --kl-warmup and --precision trained without a warm-up, in float32; the
-    # report's command must say so, not leave them to today's defaults (a warm-up, auto)
-    old = {"model": "vae", "dataset": "variance", "epochs": 3, "batch_size": 128, "lr": 4e-3, "n_components": 10,
-           "noise_std": 0.2, "seed": 0, "train_size": 60000}
-    evaluate.write_report(str(tmp_path), old, {})
-    command = next(line.strip() for line in (tmp_path / "report.md").read_text().splitlines()
-                   if line.strip().startswith("python train.py"))
-    config = train.make_config(train.get_parser().parse_args(command.split()[2:]))
-    assert config == {**old, "lr_schedule": "warmup_cosine", "noise_start": None, "kl_warmup": 0.0, "precision": "fp32"}
-    # a DAE saved before --noise-start trained at one corruption level throughout, not today's falling one
-    evaluate.write_report(str(tmp_path), {**old, "model": "dae", "noise_std": 0.3}, {})
-    command = next(line.strip() for line in (tmp_path / "report.md").read_text().splitlines()
-                   if line.strip().startswith("python train.py"))
-    config = train.make_config(train.get_parser().parse_args(command.split()[2:]))
-    assert (config["noise_start"], config["noise_std"]) == (0.3, 0.3)
+def test_a_checkpoint_of_another_format_gets_one_line(tmp_path):
+    # model.pt and resume.pt carry the format version train.py wrote them in; one without it (an
+    # older version of this project) or with another is refused, saying what to do
+    good = {"format": evaluate.FORMAT, "model": {}, "config": {k: 0 for k in evaluate.CONFIG_KEYS}, "history": {}}
+    torch.save(good, tmp_path / "good.pt")
+    assert evaluate.load_checkpoint(str(tmp_path / "good.pt"), keys=("history",))["format"] == evaluate.FORMAT
+    for name, ckpt, age in [("old.pt", {k: v for k, v in good.items() if k != "format"}, "an older"),
+                            ("older.pt", {**good, "format": evaluate.FORMAT - 1}, "an older"),
+                            ("newer.pt", {**good, "format": evaluate.FORMAT + 1}, "a newer")]:
+        torch.save(ckpt, tmp_path / name)
+        with pytest.raises(evaluate.CheckpointError, match=f"saved by {age} version of this project; retrain it"):
+            evaluate.load_checkpoint(str(tmp_path / name))
 
 
-def test_the_loss_curves_caption_says_when_the_daes_corruption_moves():
+def test_the_loss_curves_caption_says_when_the_daes_corruption_moves(tmp_path):
     # the training loss of a DAE whose corruption falls lies above its test loss: the caption says why
     config = {"model": "dae", "dataset": "variance", "noise_start": 0.4, "noise_std": 0.2, "kl_warmup": 0.0}
     history = {"step_losses": list(np.linspace(0.05, 0.01, 200)), "test_loss_history": [0.02, 0.01]}
-    caption = dict(evaluate.picture_captions(config, history))["loss"]
+    caption = evaluate.save_loss_curve(str(tmp_path), history, config)["loss"]
     assert "from sigma_n = 0.4 at the first step to 0.2 at the last" in caption and "at 0.2 throughout" in caption
     for same in ({**config, "noise_start": 0.2}, {**config, "noise_start": None}):
-        assert "sigma_n" not in dict(evaluate.picture_captions(same, history))["loss"]
+        assert "sigma_n" not in evaluate.save_loss_curve(str(tmp_path), history, same)["loss"]

@@ -40,7 +40,7 @@ BAD_ARGUMENTS = [
     (["--model", "bae", "--epochs", "two"], "--epochs: expected an integer"),
     (["--model", "bae", "--lr", "inf"], "--lr: must be positive and finite"),
     ([], "--model"),
-    (["--model", "vae", "--batch-size", "1"], "the VAE's BatchNorm on its 250 features needs at least 2 images a batch"),
+    (["--model", "vae", "--batch-size", "1"], "--model vae needs at least 2 images a batch"),
     (["--model", "vae", "--train-size", "1"], "needs at least 2 images a batch"),
 ]
 
@@ -141,13 +141,14 @@ def test_refuses_to_overwrite_a_finished_run(finished_run, mnist_dir, capsys):
     assert (finished_run / "model.pt").read_bytes() == before
 
 
-@pytest.mark.parametrize("case", ["missing", "folder", "text", "truncated", "other-k", "torch-but-not-ours"])
+@pytest.mark.parametrize("case", ["missing", "folder", "text", "truncated", "other-k", "torch-but-not-ours", "old"])
 def test_evaluate_refuses_bad_checkpoints(case, finished_run, mnist_dir, tmp_path, capsys):
     good = finished_run / "model.pt"
     path = tmp_path / "model.pt"
     needle = {"missing": "does not exist", "folder": "is a folder", "text": "not a readable checkpoint",
               "truncated": "not a readable checkpoint", "other-k": "does not match a bae with K=5",
-              "torch-but-not-ours": "not a checkpoint of train.py"}[case]
+              "torch-but-not-ours": "not a checkpoint of train.py",
+              "old": "was saved by an older version of this project; retrain it, or evaluate it with that version"}[case]
     if case == "folder":
         path = finished_run
     elif case == "text":
@@ -160,6 +161,10 @@ def test_evaluate_refuses_bad_checkpoints(case, finished_run, mnist_dir, tmp_pat
         torch.save(ckpt, path)
     elif case == "torch-but-not-ours":
         torch.save({"state_dict": {}}, path)
+    elif case == "old":  # a model.pt of the version before the format version: no "format"
+        ckpt = torch.load(good, weights_only=True)
+        del ckpt["format"]
+        torch.save(ckpt, path)
     proc = call_main(evaluate.main, [path, "--data-dir", mnist_dir], capsys)
     assert_clean_error(proc, needle)
     assert not (tmp_path / "metrics.json").exists()
@@ -320,8 +325,10 @@ ae.bae_loss = bae_loss""", tmp_path)
     assert_clean_error(proc, "trains bae, not vae")
     proc = call_main(train.main, ["--model", "bae", *TINY, "--data-dir", mnist_dir, "--out", out], capsys)
     assert_clean_error(proc, "interrupted run", "--resume")
-    # a resume.pt saved before --lr-schedule existed continues with the one schedule there was then
-    del state["config"]["lr_schedule"]
+    # a resume.pt saved by an older version of the project: one line, and nothing written
+    del state["format"]
     torch.save(state, out / "resume.pt")
-    args = train.get_parser().parse_args(["--model", "bae", "--resume", "--data-dir", mnist_dir, "--out", str(out)])
-    assert train.settings(args)[0]["lr_schedule"] == "warmup_cosine"
+    before = sorted(os.listdir(out))
+    proc = call_main(train.main, ["--model", "bae", "--resume", "--data-dir", mnist_dir, "--out", out], capsys)
+    assert_clean_error(proc, "resume.pt was saved by an older version of this project; retrain it")
+    assert sorted(os.listdir(out)) == before

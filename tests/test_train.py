@@ -24,10 +24,10 @@ def config_of(*argv):
 def test_every_flag_reaches_the_config_even_when_zero():
     config = config_of("dae", "--dataset", "mnist", "--epochs", "7", "--batch-size", "33", "--lr", "0.25",
                        "--lr-schedule", "constant", "--n-components", "4", "--noise-std", "0", "--seed", "0",
-                       "--train-size", "123", "--kl-warmup", "0", "--precision", "onednn-bf16", "--noise-start", "0")
+                       "--train-size", "123", "--kl-warmup", "0", "--precision", "fp32-onednn", "--noise-start", "0")
     assert config == {"model": "dae", "dataset": "mnist", "epochs": 7, "batch_size": 33, "lr": 0.25,
                       "lr_schedule": "constant", "noise_start": 0.0, "kl_warmup": 0.0, "n_components": 4,
-                      "noise_std": 0.0, "seed": 0, "train_size": 123, "precision": "onednn-bf16"}
+                      "noise_std": 0.0, "seed": 0, "train_size": 123, "precision": "fp32-onednn"}
     assert config_of("dae", "--seed", "-1")["seed"] == -1
     assert config_of("vae") == {"model": "vae", "dataset": "variance", "epochs": 4, "batch_size": 128, "lr": 4e-3,
                                 "lr_schedule": "warmup_cosine", "noise_start": None, "kl_warmup": 0.6,

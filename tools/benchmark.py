@@ -1,34 +1,28 @@
 """Benchmark: train every model with its defaults and its --long preset, and print one table.
 
-    python tests/benchmark.py --data-dir /path/to/mnist             # everything, about an hour on 2 cores
-    python tests/benchmark.py --data-dir /path/to/mnist --presets default   # ~10 minutes
-    python tests/benchmark.py --data-dir /path/to/mnist --presets default --seeds 0,1,2   # ~30 minutes
+    python tools/benchmark.py --data-dir /path/to/mnist --presets default --seeds 0,1,2,3,4 \
+        --pace-script /path/to/original_pace.py --seed-code /path/to/original-code [--as-avx2]
 
-Not collected by pytest (timings are figures here, never assertions in tests). For every run it
-reports the probe accuracy beside the reference implementation's, the quality ratio of the model,
-the training time beside the goal (a fifth of the reference's), training images/s, and the
-fraction of the machine's matmul peak that those images/s amount to. The peak is measured in the
-same run, in the precision each run trained in (train.py --precision: a 2048 x 2048 product in
-fp32, under oneDNN's setting for onednn-bf16, under autocast for bf16). The table goes to stdout
-and, as JSON, to --json.
+Not collected by pytest (timings are figures here, never assertions in tests). Each run is
+`python train.py --model M --seed S --force` (plus --long for that preset); the table gives each
+run's probe (test and validation) beside the original implementation's, its quality number beside
+its oracle, its training time beside the original's pace, images/s and the share of the machine's
+float32 matmul peak those images/s amount to. It goes to stdout and, as JSON, to --json. With
+several --seeds the table ends with each run's mean and standard deviation, and for each default
+run the verdict on the time goal: the mean probe at least the original's mark (the higher of its
+published run and its recipe's mean over five re-runs, docs/reference-recipe.json) in at most a
+fifth of the original's training time, on the same machine.
 
-One run is one draw: the DAE's and VAE's probe accuracies move by up to two points from one seed
-to the next. With --seeds, every run is repeated with each seed (train.py --seed) and the table ends
-with each run's mean and standard deviation over the seeds, and for each default run the verdict
-on the time goal: the mean probe accuracy at least the original's (the higher of its published run
-and its recipe's mean over five re-runs, docs/reference-recipe.json), in at most a fifth of the
-original's training time. The goal is stated for seeds 0-4: --seeds 0,1,2,3,4.
+The original's time is measured in the same run with --pace-script (the original's own models and
+per-image pipeline, timed for a few steps and extrapolated; a script kept outside this repository,
+as is the original's code that --seed-code points to), before the first training run and after the
+last, the goal a fifth of their mean. --pace takes that script's JSON line measured another time.
+Without either, the fallback is the original's times on the 2-core AMD EPYC of
+docs/reference-recipe.json (BAE 170 s, DAE 475 s, VAE 750 s), and the table says so.
 
-The original's training time depends on the processor, so it is measured on the same machine, in
-the same run: with --pace-script (the original's own models and per-image pipeline, timed for a
-few steps and extrapolated; a script kept outside this repository, as is the original's code that
---seed-code points to) it runs before the first training run and after the last, and the goal is a
-fifth of the mean of the two. --pace takes figures measured another time, as that script's JSON
-line or a file holding it. Without either, the fallback is the original's times on the 2-core AMD
-EPYC of docs/reference-recipe.json (BAE 170 s, DAE 475 s, VAE 750 s), and the table says so.
-
-    python tests/benchmark.py --data-dir /path/to/mnist --presets default --seeds 0,1,2,3,4 \
-        --pace-script /path/to/original_pace.py --seed-code /path/to/original-code
+--as-avx2 runs everything (this script, every train.py, the pace script) with ATen's, oneDNN's and
+MKL's kernels limited to AVX2 (AVX2 below): the project's machine as a processor without AVX-512,
+such as most laptops have. Default runs take about 10 minutes a seed on 2 cores (20 as AVX2).
 """
 
 import argparse
@@ -40,14 +34,17 @@ import subprocess
 import sys
 import time
 
-import torch
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
+# A processor without AVX-512, emulated: each of torch's three kernel libraries told to use AVX2 at most.
+AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+if "--as-avx2" in sys.argv and any(os.environ.get(k) != v for k, v in AVX2.items()):  # before torch is loaded
+    os.execve(sys.executable, [sys.executable, *sys.argv], dict(os.environ, **AVX2))
+import torch  # noqa: E402
+
 import ae  # noqa: E402
 import evaluate  # noqa: E402
-import train  # noqa: E402
 
 # The original implementation: its published probe accuracy (one run each), and its training time
 # on a 2-core AMD EPYC, the fallback when its pace is not measured in this run. Its DAE and VAE
@@ -92,24 +89,21 @@ def verdict(model, probe_mean, seconds_mean, original_seconds):
     return "goal met" if not missed else "goal missed: " + ", ".join(missed)
 
 
-def matmul_flops(device, precision="fp32", n=2048, repeats=20):
-    """The best FLOP/s of an n x n matmul of float32 tensors on `device` (2 n^3 FLOPs each), computed
-    as a training step in `precision` computes its products (train.py's Precision note)."""
+def matmul_flops(device, n=2048, repeats=20):
+    """The best float32 FLOP/s of an n x n matmul on `device` (2 n^3 FLOPs each)."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     # GPUs run asynchronously: wait for the work to finish before reading the clock
     sync = {"cuda": torch.cuda.synchronize, "mps": torch.mps.synchronize}.get(device.type, lambda: None)
     best = 0.0
-    with train.onednn_bf16(precision == "onednn-bf16"), \
-            torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
-        for _ in range(3):
-            for _ in range(2):
-                a @ b  # warm-up
-            sync()
-            t = time.perf_counter()
-            for _ in range(repeats):
-                a @ b
-            sync()
-            best = max(best, 2 * n ** 3 * repeats / (time.perf_counter() - t))
+    for _ in range(3):
+        for _ in range(2):
+            a @ b  # warm-up
+        sync()
+        t = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        sync()
+        best = max(best, 2 * n ** 3 * repeats / (time.perf_counter() - t))
     return best
 
 
@@ -150,8 +144,7 @@ def quality_number(m):
 
 
 def run(model, preset, dataset, seed, args):
-    # seed 0, train.py's default, keeps the folder name it had before --seeds existed
-    out = os.path.join(args.out, f"{model}-{dataset}-{preset}" + (f"-seed{seed}" if seed else ""))
+    out = os.path.join(args.out, f"{model}-{dataset}-{preset}-seed{seed}")
     cmd = [sys.executable, os.path.join(REPO, "train.py"), "--model", model, "--dataset", dataset,
            "--data-dir", args.data_dir, "--out", out, "--force", "--device", args.device, "--seed", str(seed)]
     if preset == "long":
@@ -166,8 +159,17 @@ def run(model, preset, dataset, seed, args):
         return json.load(f)
 
 
-def precision_of(metrics):
-    return metrics["config"].get("precision", "fp32")  # a run saved before --precision trained in fp32
+def machine():
+    # The processor as Linux names it, its cores and the instruction sets that decide its speed here.
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        name = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+        flags = set(info.split())
+    except (OSError, StopIteration):
+        name, flags = platform.processor() or platform.platform(), set()
+    isa = [isa for isa in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if isa in flags]
+    return f"{name}, {os.cpu_count()} cores, {platform.machine()}, {' '.join(isa) or 'instruction sets unknown'}"
 
 
 def main():
@@ -184,6 +186,7 @@ def main():
     p.add_argument("--seed-code", help="with --pace-script: the folder holding the original's three model files")
     p.add_argument("--pace", help="the original's training times measured another time: that script's JSON or its file")
     p.add_argument("--extra", default="", help="more train.py flags for every run, e.g. '--precision fp32'")
+    p.add_argument("--as-avx2", action="store_true", help="limit every kernel library to AVX2 (AVX2 above)")
     args = p.parse_args()
     if args.pace_script and not args.seed_code:
         p.exit(2, "benchmark.py: error: --pace-script needs --seed-code DIR (the original's model files)\n")
@@ -196,11 +199,9 @@ def main():
         device = evaluate.pick_device(args.device)  # the device train.py will pick for the same --device
     except evaluate.UserError as e:
         p.exit(2, f"benchmark.py: error: {e}\n")
-    peaks = {}  # the matmul peak in each precision the runs trained in, measured before the runs
-    for precision in dict.fromkeys(["fp32", train.choose_precision("auto", device)]):
-        peaks[precision] = matmul_flops(device, precision)
-        print(f"matmul peak on {device} in {precision}: {peaks[precision] / 1e9:.1f} GFLOP/s, "
-              f"{torch.get_num_threads()} threads", flush=True)
+    peak = matmul_flops(device)  # before the runs
+    print(f"float32 matmul peak on {device}: {peak / 1e9:.1f} GFLOP/s, {torch.get_num_threads()} threads, "
+          f"kernels {torch.backends.cpu.get_cpu_capability()}", flush=True)
     paces = [measure_pace(args.pace_script, args.seed_code, args.data_dir)] if args.pace_script else []
 
     plan = []
@@ -227,9 +228,6 @@ def main():
         original, pace_source = {k: v[1] for k, v in REFERENCE.items()}, FALLBACK_PACE
     print(f"\nthe original's training time: " + ", ".join(f"{k} {original[k]:.0f} s" for k in REFERENCE)
           + f" ({pace_source})")
-    for m in metrics:  # a precision asked for with --extra, say
-        if precision_of(m) not in peaks:
-            peaks[precision_of(m)] = matmul_flops(device, precision_of(m))
     for (model, preset, dataset, seed), m in zip(plan, metrics):
         flops = training_flops_per_image(model, m["config"]["n_components"])
         ref_acc = REFERENCE[model][0]
@@ -239,14 +237,14 @@ def main():
             "batch_size": m["config"]["batch_size"], "probe_test_accuracy": m["probe_test_accuracy"],
             "probe_validation_accuracy": m.get("probe_validation_accuracy"),  # to decide by; the test set to report
             "probe_test_accuracy_unadapted": m.get("probe_test_accuracy_unadapted"),  # DAE only
-            "precision": precision_of(m),
+            "precision": m["config"]["precision"],
             "baselines": m.get("baselines"),  # the same probe on pixels, their squares, PCA, the untrained encoder
             **{k: m[k] for k in ("test_neg_elbo", "subset_neg_elbo", "test_nll_is", "subset_oracle_nll") if k in m},
             "reference_accuracy": ref_acc, "recipe_accuracy": RECIPE.get(model, {}).get("mean_probe"), "quality_name": quality[0], "quality": quality[1],
             "train_seconds": m["train_seconds"], "original_seconds": original[model],
             "goal_seconds": original[model] / 5, "time_ratio": m["train_seconds"] / original[model],
             "images_per_second": m["samples_per_second"], "train_gflop_per_image": flops / 1e9,
-            "fraction_of_peak": m["samples_per_second"] * flops / peaks[precision_of(m)], "device": m["device"],
+            "fraction_of_peak": m["samples_per_second"] * flops / peak, "device": m["device"],
         })
 
     header = (f"{'model':5} {'data':8} {'preset':7} {'seed':>4} {'ep':>3} {'prec':>11} {'probe':>6} {'valid':>6} "
@@ -282,9 +280,10 @@ def main():
                   f"published {x['reference_accuracy']:6.2%}{recipe}   train s {x['train_seconds_mean']:6.1f} "
                   f"({x['train_seconds_std']:.1f}), {x['time_ratio']:.3f} of the original's {x['original_seconds']:.0f}  "
                   f"goal {x['goal_seconds']:.0f}  {x.get('verdict', '')}")
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}",
+    result = {"machine": machine(), "as_avx2": args.as_avx2, "kernels": torch.backends.cpu.get_cpu_capability(),
               "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "matmul_gflops": {k: v / 1e9 for k, v in peaks.items()}, "original_seconds": original, "original_pace": pace_source,
+              "date": time.strftime("%Y-%m-%d"), "matmul_gflops": peak / 1e9, "original_seconds": original,
+              "original_pace": pace_source,
               "command": " ".join(sys.argv), "rows": rows, "over_seeds": summary}
     path = args.json or os.path.join(args.out, "benchmark.json")
     with open(path, "w") as f:

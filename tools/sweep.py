@@ -1,11 +1,11 @@
 """Sweeps: train a model at several values of one train.py flag, or tighten one VAE's likelihood.
 
     # K, the size of the code, for one model (docs/sweeps.md):
-    python tests/sweep.py train --model vae --flag n-components --values 2,5,10,20,50 --data-dir /path/to/mnist
+    python tools/sweep.py train --model vae --flag n-components --values 2,5,10,20,50 --data-dir /path/to/mnist
     # the DAE's corruption, one level throughout (--flag names several flags, each set to the value):
-    python tests/sweep.py train --model dae --flag noise-std,noise-start --values 0.1,0.2,0.3,0.5 --data-dir /path/to/mnist
+    python tools/sweep.py train --model dae --flag noise-std,noise-start --values 0.1,0.2,0.3,0.5 --data-dir /path/to/mnist
     # the VAE's importance-sampled -log p(x) with more and more samples of z per image:
-    python tests/sweep.py is-samples --checkpoint runs/vae-variance/model.pt --values 1,10,100,1000 --data-dir /path/to/mnist
+    python tools/sweep.py is-samples --checkpoint runs/vae-variance/model.pt --values 1,10,100,1000 --data-dir /path/to/mnist
 
 Not collected by pytest. `train` runs `python train.py --model M --FLAG V --seed S` for every value and
 seed (--seeds, default 0) into --out/M-FLAG-V-seedS (with --reuse, a run whose metrics.json exists
@@ -91,7 +91,7 @@ def train_runs(args):
 
 
 def is_samples(args):
-    model, config, _ = evaluate.load_model(args.checkpoint, ae.MODELS)
+    model, config, _ = evaluate.load_model(args.checkpoint)
     if config["model"] != "vae":
         sys.exit(f"sweep.py: error: {args.checkpoint} holds a {config['model']}; is-samples needs a VAE")
     model.eval()

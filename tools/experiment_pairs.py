@@ -1,6 +1,6 @@
 """Experiment: training variants against a baseline, paired by seed, decided on validation.
 
-    nice -n 5 python tests/experiment_pairs.py --data-dir /path/to/mnist --model vae \\
+    nice -n 5 python tools/experiment_pairs.py --data-dir /path/to/mnist --model vae \\
         --baseline "--kl-warmup 0 --precision fp32" --variant "--kl-warmup 0.6 --precision fp32" --seeds 0,1,2,3,4
 
 Not collected by pytest. Each arm is a set of train.py flags (--baseline, and one --variant or more),
@@ -82,7 +82,6 @@ def one_run(model_name, flags, seed, data_dir, out, threads):
     config, device, _, _ = train.settings(args)  # the flags' checks, and "auto" resolved for this CPU
     for name, _, value in patches:
         PATCHES[name](train, config, value)
-    train.keep_freed_memory()  # as train.run does: the same numbers, in less time
     torch.manual_seed(seed)
     train_images, _ = train.data.load_mnist(data_dir, train=True)
     test_images, _ = train.data.load_mnist(data_dir, train=False)
@@ -93,7 +92,7 @@ def one_run(model_name, flags, seed, data_dir, out, threads):
     seconds = time.perf_counter() - t0
     model.eval()
     splits = evaluate.load_splits(data_dir, config["train_size"])
-    _, metrics = evaluate.codes_and_readouts(model, config, splits, device)
+    _, metrics = evaluate.codes_and_readouts(model, config, splits, device, evaluate.EVALUATION[model_name]["corrupted"])
     return {"model": model_name, "flags": flags, "seed": seed, "config": config, "train_seconds": seconds,
             "final_loss": history["loss_history"][-1], "test_loss": history["test_loss_history"][-1],
             "validation": metrics["probe_validation_accuracy"], "test": metrics["probe_test_accuracy"]}
