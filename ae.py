@@ -12,7 +12,7 @@ losses compute in the dtype of the tensors they are given.
 
 "The original implementation" is the code this project grew from: varianceMNIST, a DAE and a VAE
 with a published run of each; "its recipe" is how it trained them (Adam at 1e-3, batches of 32,
-5 epochs for the DAE and 10 for the VAE), re-run in docs/reference-recipe.json.
+5 epochs for the DAE and 10 for the VAE), re-run in docs/data/reference-recipe.json.
 
 Ideas and papers:
 - bottleneck autoencoder: Hinton & Salakhutdinov, "Reducing the dimensionality of data with

@@ -2,16 +2,12 @@
 
     python evaluate.py runs/vae-variance/model.pt      # train.py runs this after training
 
-Every number comes beside what gives it meaning: the linear probe on the K-number codes beside the
-same probe on the pixels, their squares, their PCA, the untrained encoder and the 10 nearest codes;
-the BAE's error beside PCA's, the DAE's beside the optimal denoiser's, the VAE's -ELBO beside its
--log p(x) and the true model's. Writes report.md (the run on one page), metrics.json, the codes, the
-pictures and the arrays they are drawn from, beside the checkpoint (docs/usage.md lists them).
-
-Read it in this order: the probe and the nearest codes, PCA, the codes (adapt_batchnorm), the
-baselines, the quality numbers, the pictures, EVALUATION (what differs between the models) and
-evaluate_checkpoint, which runs them all. It measures with ae.py's formulas and data.py's draw, so
-it needs both beside it; the probe, the nearest codes and the PCA need only torch.
+Every number beside what gives it meaning: the linear probe on the codes beside the same probe on the
+pixels, their squares, their PCA, the untrained encoder, the nearest codes, few labels; the BAE's error
+beside PCA's, the DAE's beside the optimal denoiser's, the VAE's -ELBO beside -log p(x) and the true
+model's. Writes report.md, metrics.json, the codes and the pictures beside the checkpoint. Read in this
+order: the probe, PCA, the codes, the baselines, the quality numbers, the pictures, EVALUATION (what
+differs between the models), evaluate_checkpoint. It needs ae.py and data.py beside it.
 """
 
 import argparse
@@ -31,20 +27,18 @@ from torchvision.utils import make_grid, save_image
 import ae  # the models, and the formulas evaluation measures them by (corruption, optimal mask, -ELBO)
 import data  # MNIST and the varianceMNIST draw
 
-# Evaluation draws its noise from CPU generators with these seeds, one per use, so every device
-# sees the same numbers and no use draws from another's stream: the order of the steps changes no
-# number. "train", "test": the varianceMNIST draws of the inputs; "quality": the DAE's corruption
-# and the VAE's z of the quality numbers; "likelihood": the z of -log p(x); the rest: each picture's.
+# Evaluation's noise comes from CPU generators with these seeds, one per use, so every device sees the
+# same numbers and the steps' order changes none: "train", "test": the inputs' varianceMNIST draws;
+# "quality": the DAE's corruption, the VAE's z; "likelihood": -log p(x)'s z; "labels": the few labels.
 SEEDS = {"train": 2024, "test": 2025, "quality": 2026, "likelihood": 2027, "recon": 2028, "interpolation": 2029,
-         "samples": 2030}
+         "samples": 2030, "labels": 2031}
 
 
 # -------------------------------------------------------------------------------------------------
-# The linear probe: multinomial logistic regression, fitted by L-BFGS on the training codes.
-#
-# The usual test of a representation: freeze the encoder, fit a linear classifier on the codes of
-# the training images, report its accuracy on the test images. If a linear map of K numbers
-# recovers the digit, the code holds the digit's shape.
+# The linear probe: multinomial logistic regression, fitted by L-BFGS on the training codes. The
+# usual test of a representation: freeze the encoder, fit a linear classifier on the training images'
+# codes, read its accuracy on the test images'. If a linear map of K numbers recovers the digit, the
+# code holds the digit's shape.
 
 
 def standardiser(train_codes):
@@ -56,9 +50,8 @@ def standardiser(train_codes):
 
 def fit_probe(codes, labels, n_classes=10, l2=1e-4, max_iter=200, dtype=torch.float64):
     """Returns a function codes -> predicted labels. Codes (N, K) float, labels (N,) int64."""
-    # Standardised codes give L-BFGS a well-conditioned problem and let the small L2 penalty weigh
-    # every dimension alike, whatever scale the encoder gave it. On the CPU the fit is deterministic.
-    # float64 for the codes; float32 is as accurate for the 784 pixels, and faster.
+    # Standardised codes give L-BFGS a well-conditioned problem and the L2 penalty the same weight in
+    # every dimension. Deterministic on the CPU; float64 for codes, float32 as good and faster for pixels.
     standardise = standardiser(codes)
     X, y = standardise(codes).to(dtype), labels.cpu()
     W = torch.zeros(n_classes, X.shape[1], dtype=dtype, requires_grad=True)  # (classes, K): F.linear's layout
@@ -66,10 +59,8 @@ def fit_probe(codes, labels, n_classes=10, l2=1e-4, max_iter=200, dtype=torch.fl
     opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, history_size=100,
                             tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
 
-    def closure():
+    def closure():  # cross-entropy of softmax(X W^T + b), plus an L2 penalty: a finite optimum if separable
         opt.zero_grad()
-        # cross-entropy of softmax(X W^T + b), plus a small L2 penalty so that the optimum is finite
-        # even when the classes are separable
         loss = F.cross_entropy(F.linear(X, W, b), y) + l2 * W.pow(2).sum()
         loss.backward()
         return loss
@@ -89,25 +80,32 @@ def probe_accuracy(train_codes, train_labels, test_codes, test_labels, dtype=tor
 
 def probe_validation_accuracy(train_codes, train_labels):
     # The number to choose settings by, so that the test set is read once per decision: the probe
-    # fitted on the first 5/6 of the training codes (50000 of 60000) and read on the last 1/6.
-    # The encoder trained on all of them, but without labels; the probe never saw the last 1/6.
+    # fitted on the first 5/6 of the training codes and read on the last 1/6, whose labels it never saw.
     n_fit = train_codes.shape[0] - train_codes.shape[0] // 6
     return probe_accuracy(train_codes[:n_fit], train_labels[:n_fit], train_codes[n_fit:], train_labels[n_fit:])
 
 
+def few_label_probes(train_x, train_labels, test_x, test_labels, dtype=torch.float64, sizes=(100, 1000), repeats=5):
+    # Why representations are learnt: a classifier from few labels. {n: the probe's test accuracy when
+    # fitted on n labelled training codes only, the mean over `repeats` random subsets, the same ones
+    # for every encoder and input}, for each n below the number of training codes.
+    gen, result = torch.Generator().manual_seed(SEEDS["labels"]), {}
+    for n in (n for n in sizes if n < len(train_labels)):
+        subsets = [torch.randperm(len(train_labels), generator=gen)[:n] for _ in range(repeats)]
+        result[str(n)] = sum(probe_accuracy(train_x[i], train_labels[i], test_x, test_labels, dtype)
+                             for i in subsets) / repeats
+    return result
+
+
 # -------------------------------------------------------------------------------------------------
 # A non-linear readout beside the linear probe: the majority digit of the nearest training codes.
-#
 # The probe asks whether flat boundaries in code space separate the digits; the k-nearest-neighbour
-# readout only whether codes of the same digit lie near each other. Where it reads much more than
-# the probe, the code holds the digit in a form a line cannot read. Distances are taken after the
-# probe's standardisation, so every dimension counts alike (a collapsed VAE dimension, scaled up
-# like the others, then adds mostly noise).
+# readout only whether codes of the same digit lie near each other. Where it reads much more, the
+# code holds the digit in a form a line cannot read. Distances are those of standardised codes.
 
 
 def nearest_training_codes(train_codes, query_codes, k, chunk=1000):
-    """Indices (M, k) of the k training codes (N, K) nearest to each query code (M, K), nearest first
-    (all N of them, if N < k: a quick run with --train-size under k)."""
+    """Indices (M, k) of the k (at most N) training codes (N, K) nearest to each query code (M, K)."""
     k, standardise = min(k, train_codes.shape[0]), standardiser(train_codes)
     X = standardise(train_codes).float()  # float32: the (chunk, N) distances below take most of the time
     x_sq = X.pow(2).sum(1)  # (N,)
@@ -133,11 +131,9 @@ def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k=10, n_cla
 def pca(X, k):
     """(mean (D,), components (k, D)) of the rows of X (N, D), in float64; project with `project`."""
     X = X.double()  # float64: forming Xc^T Xc below squares the condition number
-    mean = X.mean(0)
-    Xc = X - mean  # (N, D)
-    # The principal directions are the eigenvectors of the covariance Xc^T Xc / (N - 1), and the
-    # variance along each is its eigenvalue. (They are also the right singular vectors of Xc; the
-    # D x D eigenproblem gives the same answer faster when N >> D, as for MNIST's 60000 x 784.)
+    mean, Xc = X.mean(0), X - X.mean(0)  # Xc: (N, D), centred
+    # The principal directions are the eigenvectors of the covariance Xc^T Xc / (N - 1), the variance
+    # along each its eigenvalue (as Xc's right singular vectors, but faster when N >> D: 60000 x 784).
     _, V = torch.linalg.eigh(Xc.T @ Xc)  # eigenvalues ascending; the columns of V are the directions
     components = V[:, -k:].flip(1).T  # (k, D), the largest variance first
     # A direction's sign is arbitrary; fix it (largest entry positive) so results are repeatable.
@@ -155,8 +151,7 @@ def project(X, mean, components):
 
 
 def fixed_inputs(images_uint8, dataset, device, seed, chunk=1000):
-    # Yields (s, x) chunks on `device`: intensities s in [0, 1] and the model input x, drawn by
-    # data.make_batch from a CPU generator seeded with `seed`: the same numbers on every device.
+    # (s, x) chunks on `device`: intensities s and inputs x, drawn from a CPU generator seeded `seed`
     gen = torch.Generator().manual_seed(seed)
     for part in images_uint8.split(chunk):
         yield data.to_float(part).to(device), data.make_batch(part, dataset, generator=gen).to(device)
@@ -171,43 +166,31 @@ def codes_of(model, images_uint8, dataset, device, seed):
     return torch.cat([model.encode(x).cpu() for _, x in fixed_inputs(images_uint8, dataset, device, seed)])  # (N, K)
 
 
-# The DAE's encoder only ever sees corrupted images x~ in training, so the running statistics of
-# its BatchNorm layers (the mean and variance each subtracts and divides by in eval mode) are those
-# of x~, whose pixels have variance s^2 + sigma_n^2. The codes we study are those of clean images x,
-# pixel variance s^2: fed x, the encoder would hand the next layer smaller activations than it was
-# trained on. Re-estimating the statistics from clean images fixes that without changing a weight:
-# "AdaBN" (Li et al., "Revisiting batch normalization for practical domain adaptation", 2016). It is
-# done on a copy, so the model itself, a denoiser of x~, keeps the statistics of x~.
-
-
-def batchnorms(encoder):
-    return [m for m in encoder.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+# The DAE's encoder only ever sees corrupted images x~ in training, so its BatchNorm statistics (what
+# each subtracts and divides by in eval mode) are those of x~, pixel variance s^2 + sigma_n^2; fed
+# the clean images x whose codes we study, it would hand on smaller activations than it learnt on.
+# Re-estimating the statistics on clean images, on a copy, fixes that: "AdaBN" (Li et al., 2016).
 
 
 @torch.no_grad()
 def adapt_batchnorm(model, batches):
-    """Re-estimate the running mean and variance of the encoder's BatchNorm layers from `batches`, an
-    iterable of inputs (B, 1, 28, 28): the average of their batch statistics. Returns the model."""
-    norms = batchnorms(model.encoder)
+    """The encoder's BatchNorm statistics re-estimated: the average over `batches` (B, 1, 28, 28) of theirs."""
+    norms = [m for m in model.encoder.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # None: a plain average over all the batches, not a running one
     was_training = model.training
     model.train()  # in train mode, BatchNorm updates its running statistics as it goes
-    try:
-        for x in batches:
-            model.encode(x)
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        model.train(was_training)
-    return model
+    for x in batches:
+        model.encode(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return model.train(was_training)
 
 
 def adapted_copy(model, train_images, dataset, device):
-    # A copy of `model`, its encoder's BatchNorm statistics those of 10000 clean training inputs, in
-    # chunks of 1000; a last chunk of one image is left out (BatchNorm1d has no variance in it).
+    # A copy with BatchNorm statistics of 10000 clean training inputs (a last chunk of one left out)
     batches = (x for _, x in fixed_inputs(train_images[:10000], dataset, device, SEEDS["train"]) if x.shape[0] > 1)
     return adapt_batchnorm(copy.deepcopy(model), batches)
 
@@ -223,10 +206,9 @@ def codes_and_labels(encoder, splits, dataset, device):
 
 
 def codes_and_readouts(model, config, splits, device, corrupted):
-    """The codes, (train (N, K), test (10000, K)), and what is read from them: the probe's train, test
-    and validation accuracies, the k-NN readout's, and a VAE's active units. An encoder trained on
-    `corrupted` inputs (the DAE's) is read from a copy with BatchNorm statistics of clean images, and
-    the probe on its own statistics is reported too."""
+    """The codes, (train (N, K), test (10000, K)), and what is read from them: the probes, the k-NN
+    readout, a VAE's active units. An encoder trained on `corrupted` inputs (the DAE's) is read from a
+    copy with BatchNorm statistics of clean images, and the probe on its own statistics reported too."""
     metrics, encoder = {}, model
     if corrupted:
         metrics["probe_test_accuracy_unadapted"] = probe_accuracy(*codes_and_labels(model, splits, config["dataset"],
@@ -239,33 +221,32 @@ def codes_and_readouts(model, config, splits, device, corrupted):
     if codes_train.shape[0] >= 12:  # at least 2 held-out codes
         metrics["probe_validation_accuracy"] = probe_validation_accuracy(codes_train, splits.train_labels)
     metrics["knn_test_accuracy"] = knn_accuracy(codes_train, splits.train_labels, codes_test, splits.test_labels)
+    metrics["probe_few_labels"] = few_label_probes(codes_train, splits.train_labels, codes_test, splits.test_labels)
     if hasattr(model, "encode_dist"):  # the codes are the means of a posterior q(z | x)
         metrics["active_units"] = active_units(codes_test)
     return (codes_train, codes_test), metrics
 
 
 def active_units(posterior_means, threshold=0.01):
-    # A code dimension is in use when its posterior mean moves with the image: its variance over
-    # the test images above 0.01 (Burda et al., 2015). A collapsed dimension has q(z_j | x) = p(z_j)
-    # for every x, so its mean sits at 0 and it carries nothing (its KL is 0 too).
+    # A code dimension is in use when its posterior mean moves with the image, its variance over the test
+    # images above 0.01 (Burda et al., 2015); a collapsed one has q(z_j | x) = p(z_j): it carries nothing.
     return int((posterior_means.double().var(0) > threshold).sum())
 
 
 # -------------------------------------------------------------------------------------------------
 # Baselines: the same probe on what the encoder starts from.
 #
-# In varianceMNIST every pixel has mean 0 whatever the digit, so a linear readout of the pixels
-# x sees almost nothing; the digit is in x^2, whose mean is s^2, and a linear readout of x^2 sees a
-# lot. An encoder has to compute something like x^2 to find the digit. The untrained encoder (its
-# initial weights for the run's seed, BatchNorm statistics estimated on the data) says how much of
-# the probe's accuracy comes from the architecture alone, and the rest from training.
+# In varianceMNIST every pixel has mean 0 whatever the digit, so a linear readout of the pixels x sees
+# almost nothing; the digit is in x^2, whose mean is s^2: an encoder has to compute something like it.
+# The untrained encoder (the seed's initial weights) says how much comes from the architecture alone.
 
 
 def pixel_baselines(train_x, train_labels, test_x, test_labels, dataset):
-    # float32: the two fits on 784 pixels are most of a first run's evaluation (fit_probe)
-    result = {"pixels": probe_accuracy(train_x, train_labels, test_x, test_labels, torch.float32)}
-    if dataset == "variance":
-        result["pixels_squared"] = probe_accuracy(train_x ** 2, train_labels, test_x ** 2, test_labels, torch.float32)
+    # The probe on the pixels and (varianceMNIST) their squares, with all the labels and with few
+    result = {}
+    for name, f in [("pixels", lambda x: x)] + [("pixels_squared", torch.square)] * (dataset == "variance"):
+        result[name] = probe_accuracy(f(train_x), train_labels, f(test_x), test_labels, torch.float32)
+        result[name + "_few_labels"] = few_label_probes(f(train_x), train_labels, f(test_x), test_labels, torch.float32)
     return result
 
 
@@ -275,8 +256,8 @@ def pca_baseline(train_x, train_labels, test_x, test_labels, k):
 
 
 def untrained_model(model_class, config):
-    # The model exactly as train.py initialised it: the same seed, then the same constructor, on
-    # the CPU. fork_rng leaves the caller's random generators as they were.
+    # The model as train.py initialised it (the same seed, then the constructor); fork_rng keeps the
+    # caller's random generators as they were.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config["seed"])
         return model_class(config["n_components"])
@@ -285,15 +266,14 @@ def untrained_model(model_class, config):
 def baselines(config, splits, device, data_dir):
     """The probe on the inputs (cached beside MNIST, below the line) and on the untrained encoder."""
     untrained = untrained_model(ae.MODELS[config["model"]], config).to(device).eval()
-    if batchnorms(untrained.encoder):  # BatchNorm statistics from the data, no training
+    if any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in untrained.encoder.modules()):  # from the data
         untrained = adapted_copy(untrained, splits.train_images, config["dataset"], device)
     return {**cached_input_baselines(data_dir, splits, config["dataset"], config["n_components"]),
             "untrained": probe_accuracy(*codes_and_labels(untrained, splits, config["dataset"], device))}
 
 
 # -------------------------------------------------------------------------------------------------
-# Quality of the outputs, each beside a baseline or the optimum: each model's function takes
-# (model, config, splits, device) and the options of the VAE's likelihood.
+# Quality of the outputs, each beside a baseline or the optimum: (model, config, splits, device, options).
 
 
 @torch.no_grad()
@@ -312,8 +292,7 @@ def bae_quality(model, config, splits, device, **_):
 
 
 def split_by_stroke(excess, s):
-    # The sums of `excess` (B, 1, 28, 28) over the digit's stroke pixels (s > 0) and over the
-    # background (s = 0), in float64 on the CPU (MPS has none).
+    # The sums of `excess` (B, 1, 28, 28) over the stroke pixels (s > 0) and the background (s = 0)
     excess, s = excess.cpu().double(), s.cpu()
     return excess[s > 0].sum().item(), excess[s == 0].sum().item()
 
@@ -322,9 +301,8 @@ def split_by_stroke(excess, s):
 def dae_quality(model, config, splits, device, **_):
     # Denoising MSE beside the Bayes-optimal denoiser that knows each pixel's true variance s^2:
     #     g*(x~) = x~ * s^2 / (s^2 + sigma_n^2)      (ae.optimal_mask, derived in ae.py)
-    # The ratio is >= 1 up to sampling noise; 1 means the DAE denoises as well as possible. The
-    # excess over the optimum is split by where the pixel is: on the digit's strokes (s > 0) or on
-    # the background (s = 0, where the optimal mask is exactly 0).
+    # The ratio is >= 1 up to sampling noise. The excess is split between the digit's strokes (s > 0)
+    # and the background (s = 0, where the optimal mask is exactly 0).
     sigma_n, n = config["noise_std"], splits.test_images.shape[0] * 784
     gen = torch.Generator().manual_seed(SEEDS["quality"])  # the corruption's fixed noise
     sq = oracle_sq = stroke = background = 0.0
@@ -342,8 +320,7 @@ def dae_quality(model, config, splits, device, **_):
 
 
 def oracle_nll(s, min_logvar, per_pixel=False):
-    # The expected negative log-likelihood of the true generative model of varianceMNIST with the
-    # VAE's variance floor, pixel variance v = max(s^2, exp(min_logvar)), per image (B,):
+    # The true generative model's expected NLL with the VAE's floor, variance v = max(s^2, exp(min_logvar)):
     #     E_x[-log N(x | 0, v)] = 1/2 * sum_i (log v_i + s_i^2 / v_i)      (since E[x_i^2] = s_i^2)
     # No model with this floor can beat it on average, so the gap is what the VAE still misses.
     v = s.pow(2).clamp_min(np.exp(min_logvar))
@@ -357,10 +334,9 @@ IS_IMAGES, IS_SAMPLES = 500, 100  # the VAE's -log p(x): test images and samples
 @torch.no_grad()
 def vae_quality(model, config, splits, device, is_images=IS_IMAGES, is_samples=IS_SAMPLES):
     # Negative ELBO per test image (nats, without the 784/2 log 2pi constant), one fixed sample of z
-    # per image, beside the true model's expected NLL (oracle_nll). The distance between them is split
-    # three ways: the KL term (what the code costs), and the reconstruction term's excess over the true
-    # model on the digit's stroke pixels (s > 0) and on the background (s = 0, where the true variance
-    # is the floor). The KL is also kept per code dimension: one with KL ~0 is unused ("collapsed").
+    # each, beside the true model's expected NLL (oracle_nll), the distance split three ways: the KL
+    # (what the code costs), the reconstruction's excess on the strokes (s > 0) and on the background
+    # (s = 0, where the true variance is the floor). A dimension with KL ~0 is unused ("collapsed").
     kl, nll, oracle, stroke, background, kl_per_dimension = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     gen = torch.Generator().manual_seed(SEEDS["quality"])
     for s, x in fixed_inputs(splits.test_images, config["dataset"], device, SEEDS["test"]):
@@ -372,58 +348,48 @@ def vae_quality(model, config, splits, device, is_images=IS_IMAGES, is_samples=I
         oracle += oracle_terms.flatten(1).sum(1).sum().item()
         on_strokes, on_background = split_by_stroke(nll_terms - oracle_terms, s)
         stroke, background = stroke + on_strokes, background + on_background
-    n = splits.test_images.shape[0]
-    metrics = {"test_neg_elbo": (kl + nll) / n, "test_kl": kl / n, "test_nll": nll / n,
-               "kl_per_dimension": (kl_per_dimension / n).tolist()}
-    if config["dataset"] == "variance":
-        metrics["oracle_nll"] = oracle / n
-        metrics["gap_to_true_model"] = {"kl": kl / n, "stroke_pixels": stroke / n, "background_pixels": background / n}
-    # the bound's two gaps on the first test images: -ELBO >= -log p(x) (the slack, from q(z | x) not
-    # being the true posterior) >= the true model's NLL (what the model misses)
-    images = splits.test_images[:is_images]
+    # the bound's two gaps on the first test images: -ELBO >= -log p(x) (the slack of q(z | x)) >= the NLL
+    images, n = splits.test_images[:is_images], splits.test_images.shape[0]
     neg_log_p, neg_elbo, subset_oracle = likelihood_estimate(model, images, config["dataset"], device, is_samples)
-    metrics.update(subset_size=images.shape[0], is_samples=is_samples, subset_neg_elbo=neg_elbo, test_nll_is=neg_log_p)
-    if config["dataset"] == "variance":
-        metrics["subset_oracle_nll"] = subset_oracle
+    metrics = {"test_neg_elbo": (kl + nll) / n, "test_kl": kl / n, "test_nll": nll / n, "subset_size": len(images),
+               "kl_per_dimension": (kl_per_dimension / n).tolist(), "is_samples": is_samples,
+               "subset_neg_elbo": neg_elbo, "test_nll_is": neg_log_p}
+    if config["dataset"] == "variance":  # the true model is known
+        metrics.update(oracle_nll=oracle / n, subset_oracle_nll=subset_oracle, gap_to_true_model={
+            "kl": kl / n, "stroke_pixels": stroke / n, "background_pixels": background / n})
     return metrics
 
 
 @torch.no_grad()
 def likelihood_estimate(model, images, dataset, device, n_samples):
-    """(-log p(x), -ELBO, the true model's NLL), each averaged over `images` (uint8): -log p(x)
-    importance sampled with n_samples draws of z per image (ae.importance_sampled_nll), the -ELBO
-    from the same draws; the draws are the evaluation's fixed ones, whatever n_samples is."""
+    """(-log p(x), -ELBO, the true model's NLL), averages over `images` (uint8): -log p(x) importance
+    sampled with n_samples draws of z per image (ae.importance_sampled_nll), the -ELBO from them."""
     gen = torch.Generator().manual_seed(SEEDS["likelihood"])
     neg_log_p = neg_elbo = oracle = 0.0
     for s, x in fixed_inputs(images, dataset, device, SEEDS["test"], chunk=100):
         nlp, nelbo = ae.importance_sampled_nll(model, x, n_samples, generator=gen)
         neg_log_p, neg_elbo = neg_log_p + nlp.sum().item(), neg_elbo + nelbo.sum().item()
         oracle += oracle_nll(s, model.min_logvar.item()).sum().item()
-    m = images.shape[0]
-    return neg_log_p / m, neg_elbo / m, oracle / m
+    return neg_log_p / len(images), neg_elbo / len(images), oracle / len(images)
 
 
 # -------------------------------------------------------------------------------------------------
-# Pictures: rows of digits, tiled by torchvision's make_grid. Each function returns its rows and
-# what they show, the caption report.md gives the picture.
+# Pictures: rows of digits, tiled by make_grid; each function returns them with report.md's caption.
 
 
 def to_unit(images, signed=False):
-    # Pixel values for a picture, in [0, 1]: intensities as they are; signed images (varianceMNIST
-    # pixels) map [-1, 1] -> [0, 1], so that 0 is mid-grey.
+    # Pixel values in [0, 1]: intensities as they are; signed ones (varianceMNIST) [-1, 1] -> [0, 1]
     images = images.detach().float().cpu()
     return ((images + 1) / 2 if signed else images).clamp(0, 1)
 
 
-def grid(rows):
-    # rows: a list of (n, 1, 28, 28) tensors in [0, 1], one row of the picture each
+def grid(rows):  # rows: a list of (n, 1, 28, 28) tensors in [0, 1], a row of the picture each
     return make_grid(torch.cat(rows), nrow=rows[0].shape[0], padding=2, pad_value=1.0)  # (3, H, W)
 
 
 @torch.no_grad()
 def recon_rows(model, config, s, x, model_rows):
-    """(rows, caption) of recon.pgm for test digits s and inputs x (10, 1, 28, 28): the digit, the
-    varianceMNIST input, then `model_rows`, the model's own [(row, what it shows)]."""
+    # recon.pgm of test digits s, inputs x (10, 1, 28, 28): s, x, then model_rows' [(row, what it shows)]
     signed = config["dataset"] == "variance"
     rows = [(to_unit(s), "the digit s (the first test image of each class)")]
     rows += [(to_unit(x, signed=True), "the input x = s * e (mid-grey is 0)")] if signed else []
@@ -452,8 +418,7 @@ def vae_rows(model, signed, s, x, config, gen):
 
 @torch.no_grad()
 def interpolation_rows(model, config, s, x, parts, steps=10):
-    """(rows, caption): one row per pair of digits (0, 1), (2, 3), ... of s, x (10, 1, 28, 28): the
-    first digit, the decoded codes (1 - t) z_a + t z_b for `steps` values of t from 0 to 1, the second."""
+    # A row per pair of digits (0, 1), (2, 3), ... of s, x: a, the decoded (1 - t) z_a + t z_b for t in [0, 1], b
     if parts["corrupted"]:  # its decoder learned from the codes of corrupted inputs
         x = ae.corrupt(x, config["noise_std"], torch.Generator().manual_seed(SEEDS["interpolation"]))
     z = model.encode(x)  # (10, K); the VAE's posterior means
@@ -463,19 +428,17 @@ def interpolation_rows(model, config, s, x, parts, steps=10):
     for a in range(0, 10, 2):
         line = (1 - t) * z[a] + t * z[a + 1]  # (steps, K)
         rows.append(torch.cat([to_unit(s[a:a + 1]), outline(model, line, config), to_unit(s[a + 1:a + 2])]))
-    return rows, (f"each row: a test digit, the decoded {what} of {steps} codes on the straight line from its code "
-                  f"to the next digit's" + (" (codes of corrupted inputs)" if parts["corrupted"] else "") + ", that digit")
+    return rows, (f"each row: a test digit, the decoded {what} of {steps} codes on the straight line from its code to "
+                  f"the next digit's{' (codes of corrupted inputs)' * parts['corrupted']}, that digit")
 
 
-def vae_outline(model, z, config=None):
-    # a VAE's decoded codes z (B, K) as their predictive standard deviations (the mean is about 0)
+def vae_outline(model, z, config=None):  # decoded codes (B, K) as predictive stds: the means are about 0
     return to_unit(torch.exp(0.5 * model.decode(z)[1]))
 
 
 @torch.no_grad()
 def traversal_rows(model, config, x, metrics, device, steps=9):
-    """VAE: one row per code dimension d, the predictive std of z = mu + c e_d, c from -3 to +3;
-    the dimensions in order of their KL, most informative first, so collapsed ones come last."""
+    # A row per code dimension d, most KL first: the predictive std of z = mu + c e_d, c from -3 to +3
     mu = model.encode(x[:1])  # (1, K), the posterior mean of one digit
     c = torch.linspace(-3, 3, steps, device=mu.device)
     rows = []
@@ -502,17 +465,15 @@ def sample_rows(model, config, x, metrics, device, n=50):
 
 
 def neighbour_rows(splits, codes_train, codes_test, show, k=8):
-    # (rows, caption): a row per shown test digit: the digit, then the k training images whose codes
-    # are nearest to its code, nearest first
+    # (rows, caption): a row per shown test digit, then the k training images nearest to it by code
     nearest = nearest_training_codes(codes_train, codes_test[show], k)  # (10, k)
     rows = [to_unit(data.to_float(torch.cat([splits.test_images[i:i + 1], splits.train_images[row]])))
             for i, row in zip(show.tolist(), nearest)]
-    return rows, f"each row: a test digit, then the {k} training images whose codes are nearest to its code, nearest first"
+    return rows, f"each row: a test digit, then the {k} training images whose codes are nearest to its, nearest first"
 
 
 def save_pictures(out, model, config, splits, codes, metrics, device, parts):
-    """recon, interpolation, the model's own pictures, neighbours (codes: (train, test)), of the first
-    test image of each digit. Returns {picture: caption}."""
+    # Each picture, of the first test image of each digit (codes: (train, test)); {picture: caption}
     show = torch.stack([torch.nonzero(splits.test_labels == d)[0, 0] for d in range(10)])
     s, x = next(fixed_inputs(splits.test_images[show], config["dataset"], device, SEEDS["test"]))  # (10, 1, 28, 28)
     pictures = {"recon": recon_rows(model, config, s, x, parts["rows"]),
@@ -526,14 +487,9 @@ def save_pictures(out, model, config, splits, codes, metrics, device, parts):
 
 # -------------------------------------------------------------------------------------------------
 # What differs between the models in evaluation, one entry each: whether the encoder learnt from
-# corrupted inputs (then its codes are read with BatchNorm statistics of clean ones, and the
-# interpolation encodes corrupted inputs), what the quality numbers stand beside, the quality
-# numbers and their summary lines, recon.png's rows, what the decoder draws of a code (the digit's
-# outline), and the pictures only one model has. A fourth model adds an entry here.
-
-
-def bae_lines(m):
-    return [f"reconstruction: MSE {m['test_mse']:.4f}, PCA with the same K {m['pca_test_mse']:.4f}"]
+# corrupted inputs (codes_and_readouts, interpolation_rows), what the quality numbers stand beside,
+# the quality numbers and their summary lines, recon.png's rows, what the decoder draws of a code
+# (the digit's outline), and the pictures only one model has. A fourth model adds an entry here.
 
 
 def dae_lines(m):
@@ -560,7 +516,8 @@ def vae_lines(m):
 
 
 EVALUATION = {
-    "bae": dict(corrupted=False, reference="PCA", quality=bae_quality, lines=bae_lines,
+    "bae": dict(corrupted=False, reference="PCA", quality=bae_quality, lines=lambda m: [
+                    f"reconstruction: MSE {m['test_mse']:.4f}, PCA with the same K {m['pca_test_mse']:.4f}"],
                 rows=lambda model, signed, s, x, config, gen: [(to_unit(model(x), signed), "the reconstruction")],
                 outline=("images", lambda model, z, config: to_unit(model.decoder(z), config["dataset"] == "variance")),
                 pictures={}),
@@ -584,13 +541,13 @@ def evaluate_checkpoint(path, data_dir, device="cpu", is_images=IS_IMAGES, is_sa
     codes, metrics = codes_and_readouts(model, config, splits, device, parts["corrupted"])  # (train, test) codes
     print("evaluating: the same probe on the untrained encoder and on the inputs", flush=True)
     metrics["baselines"] = baselines(config, splits, device, data_dir)
-    captions = {**save_loss_curve(out, history, config), "pca_test": save_codes(out, *codes, splits)}
+    captions, pca_caption = save_loss_curve(out, history, config), save_codes(out, *codes, splits)
     print(f"evaluating: quality beside {parts['reference']}", flush=True)
     metrics.update(parts["quality"](model, config, splits, device, is_images=is_images, is_samples=is_samples))
-    captions.update(save_pictures(out, model, config, splits, codes, metrics, device, parts))
+    captions.update(save_pictures(out, model, config, splits, codes, metrics, device, parts), pca_test=pca_caption)
     # what the run was: its losses and timings from training, its config, where it ran, torch's version
-    metrics.update({k: history[k] for k in ("loss_history", "test_loss_history", "train_seconds", "samples_per_second")},
-                   config=config, device=str(device), torch_version=torch.__version__)
+    keys = ("loss_history", "test_loss_history", "train_seconds", "samples_per_second")
+    metrics.update({k: history[k] for k in keys}, config=config, device=str(device), torch_version=torch.__version__)
     atomic_write(os.path.join(out, "metrics.json"), lambda f: f.write(json.dumps(metrics, indent=2).encode()))
     lines = summary_lines(metrics)
     write_report(out, config, history, lines, captions)
@@ -599,14 +556,12 @@ def evaluate_checkpoint(path, data_dir, device="cpu", is_images=IS_IMAGES, is_sa
 
 
 def save_codes(out, codes_train, codes_test, splits):
-    # The codes and labels as .npy, and the test codes projected to 2-D by their PCA, as points
-    # and as a picture; returns the picture's caption.
+    # The codes and labels as .npy; the test codes' 2-D PCA as points and as a picture (its caption)
     mean, comps = pca(codes_test, min(2, codes_test.shape[1]))
     pca_test = project(codes_test, mean, comps).numpy()  # (N, K) -> (N, 2)
     pca_test = np.pad(pca_test, ((0, 0), (0, 2 - pca_test.shape[1])))  # K = 1: the second axis is 0
-    arrays = {"codes_train": codes_train.numpy(), "codes_test": codes_test.numpy(),
-              "labels_train": splits.train_labels.numpy(), "labels_test": splits.test_labels.numpy(),
-              "pca_test": pca_test}
+    arrays = {"codes_train": codes_train.numpy(), "codes_test": codes_test.numpy(), "pca_test": pca_test,
+              "labels_train": splits.train_labels.numpy(), "labels_test": splits.test_labels.numpy()}
     for name, array in arrays.items():
         atomic_write(os.path.join(out, name + ".npy"), lambda f: np.save(f, array))
     scatter = scatter_image(pca_test, splits.test_labels.numpy())  # (H, W, 3) uint8
@@ -615,8 +570,7 @@ def save_codes(out, codes_train, codes_test, splits):
 
 
 def summary_lines(metrics):
-    # A few labelled lines, each number beside what gives it meaning (printed, and in report.md):
-    # the probe and its baselines, then the model's own (EVALUATION's lines).
+    # Each number beside what gives it meaning (printed, and in report.md), the model's own lines last
     b, validation = metrics["baselines"], metrics.get("probe_validation_accuracy")
     return [f"probe: test accuracy {metrics['probe_test_accuracy']:.2%} (train {metrics['probe_train_accuracy']:.2%}"
             + (f", validation {validation:.2%}" if validation is not None else "") + "); "
@@ -624,13 +578,16 @@ def summary_lines(metrics):
             f"  the same probe on the pixels {b['pixels']:.2%}"
             + (f", their squares {b['pixels_squared']:.2%}" if "pixels_squared" in b else "")
             + f", their PCA {b['pca']:.2%}, the untrained encoder {b['untrained']:.2%}",
+            *[f"  fitted on {n} labelled images only (mean of 5 draws): the codes {acc:.2%}, the pixels "
+              f"{b['pixels_few_labels'][n]:.2%}" + (f", their squares {b['pixels_squared_few_labels'][n]:.2%}"
+                                                    if "pixels_squared" in b else "")
+              for n, acc in metrics["probe_few_labels"].items()],
             *EVALUATION[metrics["config"]["model"]]["lines"](metrics)]
 
 
 # =================================================================================================
-# The machinery. A first reading may stop here: what follows saves files without ever leaving half
-# of one, loads checkpoints with one-line errors, caches the input baselines, draws the scatter plot
-# and the training curve, writes the picture formats and report.md, and gives this file its command.
+# The machinery. A first reading may stop here: atomic files, checkpoints and their one-line errors,
+# the cached input baselines, the scatter plot and the training curve, report.md, the command line.
 # =================================================================================================
 
 # What evaluate_checkpoint writes beside model.pt (train.py removes them when it replaces model.pt).
@@ -641,9 +598,8 @@ OUTPUTS = ["metrics.json", "codes_train.npy", "codes_test.npy", "labels_train.np
 
 
 def atomic_write(path, write):
-    # Write to a temporary file in the same folder, flush it to disk, then rename it over `path`.
-    # A rename within one file system is atomic, so a crash or a full disk leaves either the old
-    # file or the new one, never a mix; the temporary file is removed if anything fails.
+    # Write to a temporary file in the same folder, flush it to disk, then rename it over `path`: a
+    # rename is atomic, so a crash or a full disk leaves the old file or the new one, never a mix.
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
@@ -661,10 +617,6 @@ class UserError(Exception):
     """A mistake a person can fix; printed as one line, exit status 2. (train.py uses it too.)"""
 
 
-class CheckpointError(UserError):
-    """A checkpoint that cannot be used; the message says why, in one line."""
-
-
 FORMAT = 1  # the version of the files train.py saves (model.pt, resume.pt); others are refused
 # The settings that decide what train.py computes, saved in every checkpoint (train.py's list is this one).
 CONFIG_KEYS = ["model", "dataset", "epochs", "batch_size", "lr", "lr_schedule", "noise_start", "kl_warmup",
@@ -673,69 +625,63 @@ CONFIG_KEYS = ["model", "dataset", "epochs", "batch_size", "lr", "lr_schedule", 
 
 def load_checkpoint(path, keys=()):
     """The dict train.py saved in `path`, checked to hold the model, the config and `keys`."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path} does not exist; pass the model.pt that train.py wrote")
-    if os.path.isdir(path):
-        raise CheckpointError(f"{path} is a folder; pass the model.pt inside it")
+    if not os.path.isfile(path):
+        raise UserError(f"{path} is a folder; pass the model.pt inside it" if os.path.isdir(path) else
+                              f"{path} does not exist; pass the model.pt that train.py wrote")
     try:
         # weights_only=True, said explicitly: a checkpoint is tensors, numbers and strings, and
         # loading one must never run pickled code (torch before 2.6 does unless told not to).
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or another kind of "
+        raise UserError(f"{path} is not a readable checkpoint (truncated or another kind of "
                               f"file?): {reason}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise CheckpointError(f"{path} is a torch file but not a checkpoint of train.py "
+        raise UserError(f"{path} is a torch file but not a checkpoint of train.py "
                               f"(it needs 'model' and 'config' entries)")
     if ckpt.get("format") != FORMAT:
         age = "a newer" if isinstance(ckpt.get("format"), int) and ckpt["format"] > FORMAT else "an older"
-        raise CheckpointError(f"{path} was saved by {age} version of this project; retrain it, or evaluate it "
+        raise UserError(f"{path} was saved by {age} version of this project; retrain it, or evaluate it "
                               f"with that version")
     if any(k not in ckpt for k in keys) or any(k not in ckpt["config"] for k in CONFIG_KEYS):
-        raise CheckpointError(f"{path} is not a complete checkpoint; start over with --force")
+        raise UserError(f"{path} is not a complete checkpoint; start over with --force")
     return ckpt
 
 
 def load_model(path):
     """(model, config, history) from a model.pt of train.py."""
     ckpt = load_checkpoint(path, keys=("history",))
-    config = ckpt["config"]
-    model = ae.MODELS[config["model"]](config["n_components"])
+    config, model = ckpt["config"], ae.MODELS[ckpt["config"]["model"]](ckpt["config"]["n_components"])
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         detail = str(e).splitlines()[-1].strip()  # e.g. "size mismatch for encoder.7.weight: ..."
-        raise CheckpointError(f"{path} does not match a {config['model']} with K={config['n_components']}: "
+        raise UserError(f"{path} does not match a {config['model']} with K={config['n_components']}: "
                               f"{detail[:200]}") from None
     return model, config, ckpt["history"]
 
 
 def load_splits(data_dir, train_size=60000):
     # MNIST's two splits on the CPU, the training split cut to the first `train_size` images
-    train_images, train_labels = data.load_mnist(data_dir, train=True)
-    test_images, test_labels = data.load_mnist(data_dir, train=False)
-    return Splits(train_images[:train_size], train_labels[:train_size], test_images, test_labels)
+    (train_images, train_labels), test = (data.load_mnist(data_dir, train=t) for t in (True, False))
+    return Splits(train_images[:train_size], train_labels[:train_size], *test)
 
 
-BASELINES_VERSION = 4  # 4: the pixels' probes only, the PCA's computed every time
+BASELINES_VERSION = 5  # 5: the pixels' probes with few labels too
 
 
 def cached_input_baselines(data_dir, splits, dataset, k):
-    # The probes on the pixels (and their squares) depend only on the data and the evaluation's fixed
-    # noise, and take minutes on a small CPU: they are computed once per setting and kept in
-    # <data_dir>/MNIST/probe-baselines.json (delete it to recompute). Everything they depend on is in
-    # the key; change BASELINES_VERSION with the code above. The PCA's probe, on K numbers, takes seconds.
+    # The probes on the pixels depend only on the data and the fixed noise, and take minutes on a small
+    # CPU: computed once per setting and kept in <data_dir>/MNIST/probe-baselines.json (delete it to
+    # recompute), the key all they depend on (BASELINES_VERSION: the code). The PCA's takes seconds.
     path = os.path.join(data_dir, "MNIST", "probe-baselines.json")
     key = (f"v{BASELINES_VERSION} {dataset} train={splits.train_images.shape[0]} test={splits.test_images.shape[0]} "
            f"seeds={SEEDS['train']},{SEEDS['test']} probe={fit_probe.__defaults__} torch={torch.__version__}")
     try:
-        with open(path) as f:
-            cache = json.load(f)
-    except (OSError, ValueError):
+        cache = json.load(open(path))
+        assert isinstance(cache, dict) and isinstance(cache.get(key, {}), dict)
+    except (OSError, ValueError, AssertionError):  # no file, or not one this code wrote: start it again
         cache = {}
-    if not isinstance(cache, dict) or not isinstance(cache.get(key, {}), dict):
-        cache = {}  # not a file this code wrote: start it again
     inputs = (flat_inputs(splits.train_images, dataset, SEEDS["train"]), splits.train_labels,
               flat_inputs(splits.test_images, dataset, SEEDS["test"]), splits.test_labels)
     if key not in cache:
@@ -755,10 +701,9 @@ PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40]
 
 
 def scatter_image(points, labels, size=480, key_width=60):
-    """A colour scatter plot (H, W, 3) uint8 of 2-D points (N, 2), a 3x3 dot in PALETTE[label] each.
-    Each axis is scaled to its range: the dot of (px, py) has its top-left pixel at column
-    8 + (px - min) / (max - min) * (size - 18) and row size - 10 - (py - min) / (max - min) * (size - 18),
-    both truncated. A key on the right shows each digit beside its colour."""
+    """A scatter plot (H, W, 3) uint8 of 2-D points (N, 2), a 3x3 dot in PALETTE[label] each, its top-left
+    pixel at column 8 + (px - min) / (max - min) * (size - 18), row size - 10 - (py - min) / (max - min) *
+    (size - 18), truncated (each axis scaled to its range); a key on the right, each digit's colour."""
     points, labels = np.asarray(points, np.float64), np.asarray(labels)
     img = np.full((size, size + key_width, 3), 255, np.uint8)
     lo, hi = points.min(0), points.max(0)
@@ -779,13 +724,11 @@ def scatter_image(points, labels, size=480, key_width=60):
 
 
 def save_loss_curve(out, history, config, width=720, height=360, left=64, margin=24):
-    """loss.ppm/.png: each step's training loss (light blue), its mean over the last hundredth of the
-    steps (blue), the test loss after each epoch (orange dots), a grey line at each epoch's end; and
-    loss_train.npy, loss_test.npy, the losses it is drawn from. Returns {"loss": its caption}.
-    The y-axis spans the mean after the first twentieth of the steps and the test losses, with a
-    twentieth of that span on each side (the first steps, often far higher, are cut at the top): with
-    n steps, the loss v after t steps is drawn at column left + t / n * (width - left - margin) and row
-    margin + (hi - v) / (hi - lo) * (height - 2 margin), both rounded half up, the row kept inside."""
+    """loss.ppm/.png: each step's loss (light blue), its mean over a hundredth of the steps (blue), each
+    epoch's test loss (orange); loss_train.npy, loss_test.npy; {"loss": its caption}. The y-axis spans
+    the mean after the first twentieth of the steps and the test losses, a twentieth more each side: the
+    loss v after t of n steps is at column left + t / n * (width - left - margin), row margin + (hi - v)
+    / (hi - lo) * (height - 2 margin), rounded half up, the row kept inside (the first steps cut)."""
     steps, tests = np.asarray(history["step_losses"], np.float64), np.asarray(history["test_loss_history"])
     n, epochs, window = len(steps), len(tests), max(1, len(steps) // 100)
     mean = np.convolve(steps, np.ones(window))[:n] / np.minimum(np.arange(1, n + 1), window)  # of the last `window`
@@ -796,17 +739,16 @@ def save_loss_curve(out, history, config, width=720, height=360, left=64, margin
     row = lambda v: np.clip(margin + np.floor((hi - np.asarray(v)) / (hi - lo) * h + 0.5).astype(int),  # noqa: E731
                             margin, margin + h)
     picture = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(picture)
-    for e in range(epochs + 1):  # the x-axis: a line and the epoch's number at the end of each epoch
-        draw.line([(int(col(e * n / epochs)), margin), (int(col(e * n / epochs)), margin + h)], fill=(210, 210, 210))
-        draw.text((int(col(e * n / epochs)), margin + h + 6), str(e), fill=(0, 0, 0), anchor="mt")
+    draw, ends = ImageDraw.Draw(picture), [int(col(e * n / epochs)) for e in range(epochs + 1)]
+    for e, x in enumerate(ends):  # the x-axis: a grey line and the epoch's number at the end of each epoch
+        draw.line([(x, margin), (x, margin + h)], fill=(210, 210, 210))
+        draw.text((x, margin + h + 6), str(e), fill=(0, 0, 0), anchor="mt")
     for v in (lo + pad, hi - pad):  # the y-axis: its lowest and highest loss
         draw.text((left - 6, int(row(v))), f"{v:.4g}", fill=(0, 0, 0), anchor="rm")
     for values, colour in ((steps, (174, 199, 232)), (mean, (31, 119, 180))):
         draw.line(list(zip(col(np.arange(1, n + 1)).tolist(), row(values).tolist())), fill=colour)
-    for e, v in enumerate(tests, start=1):
-        x, y = int(col(e * n / epochs)), int(row(v))
-        draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(255, 127, 14))
+    for x, v in zip(ends[1:], tests):
+        draw.ellipse([x - 3, int(row(v)) - 3, x + 3, int(row(v)) + 3], fill=(255, 127, 14))
     save_picture(os.path.join(out, "loss"), torch.from_numpy(np.array(picture)).permute(2, 0, 1) / 255.0, grey=False)
     for name, array in (("loss_train", steps), ("loss_test", tests)):
         atomic_write(os.path.join(out, name + ".npy"), lambda f: np.save(f, array))
@@ -830,20 +772,15 @@ def save_picture(path_stem, picture, grey=True):
     such as make_grid returns; both hold the same bytes (save_image's rounding: floor(255 v + 0.5))."""
     pixels = picture.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()  # (H, W, 3)
     pixels = np.ascontiguousarray(pixels[:, :, 0] if grey else pixels)
-    # Binary PGM (P5, grey) or PPM (P6, colour): a header "P5 width height 255", then the raw bytes,
-    # row by row. The simplest image format there is; most viewers open it.
+    # binary PGM (P5, grey) or PPM (P6, colour), the simplest format: a header "P5 width height 255", the bytes
     header = b"%s\n%d %d\n255\n" % (b"P5" if grey else b"P6", pixels.shape[1], pixels.shape[0])
     atomic_write(path_stem + (".pgm" if grey else ".ppm"), lambda f: f.write(header + pixels.tobytes()))
     atomic_write(path_stem + ".png", lambda f: save_image(picture, f, format="png"))
 
 
-# The order of report.md's pictures: did it train, what it does to a digit, what its code space holds.
-REPORT_ORDER = ["loss", "recon", "interpolation", "traversal", "samples", "neighbours", "pca_test"]
-
-
 def write_report(out, config, history, lines=None, captions=None):
-    """report.md: the run on one page, for any Markdown viewer: the command that rebuilds it, the
-    summary's `lines` (None: not evaluated), then each picture of `captions` ({name: what it shows})."""
+    """report.md, the run on one page: the command that rebuilds it, the summary's `lines` (None: not
+    evaluated), each picture of `captions` ({name: what it shows}) in their order."""
     flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in config.items()
                      if key != "model" and value is not None)  # None: a setting of another model's
     report = [f"# {config['model'].upper()} on {'varianceMNIST' if config['dataset'] == 'variance' else 'MNIST'}",
@@ -855,16 +792,14 @@ def write_report(out, config, history, lines=None, captions=None):
     else:
         report += ["## The numbers, each beside what gives it meaning", "",
                    "As the run printed them; every number is in `metrics.json`.", "", "```text", *lines, "```", ""]
-    pictures = [name for name in REPORT_ORDER if name in (captions or {})]
-    report += ["## The pictures", ""] if pictures else []
-    for name in pictures:
-        report += [f"**{name}.png**: {captions[name]}", "", f"![{name}]({name}.png)", ""]
+    report += ["## The pictures", ""] if captions else []
+    for name, caption in (captions or {}).items():
+        report += [f"**{name}.png**: {caption}", "", f"![{name}]({name}.png)", ""]
     atomic_write(os.path.join(out, "report.md"), lambda f: f.write("\n".join(report).encode()))
 
 
 class OneLineParser(argparse.ArgumentParser):
-    # argparse prints its whole usage on an error; a person needs just the line that says what
-    # was wrong, and where to look. (train.py uses it too.)
+    # argparse prints its whole usage on an error; a person needs the one line that says what was wrong
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
@@ -872,17 +807,14 @@ class OneLineParser(argparse.ArgumentParser):
 def pick_device(name):
     """torch.device for --device: auto picks cuda, then mps, then cpu. (train.py uses it too.)"""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
-    if name == "auto":
-        return torch.device(next(d for d in available if available[d]))
-    if not available[name]:
+    if name != "auto" and not available[name]:
         what = "CUDA GPU" if name == "cuda" else "Apple MPS device"
         raise UserError(f"--device {name}: no {what} is available to this torch; use --device cpu")
-    return torch.device(name)
+    return torch.device(name if name != "auto" else next(d for d in available if available[d]))
 
 
 def error_line(e):
-    """(the one line, the exit status) for an error a person can act on, the same from both commands
-    (train.py uses it too): a UserError or DataError says what to fix (2); an OSError names the file (1)."""
+    """(line, exit status) for both commands: a UserError or DataError says what to fix (2), an OSError the file (1)."""
     if isinstance(e, (UserError, data.DataError)):
         return f"error: {e}", 2
     where = f" ({e.filename})" if e.filename else ""  # a full disk, a folder removed or not writable
@@ -891,15 +823,15 @@ def error_line(e):
 
 def main(argv=None):
     p = OneLineParser(description="Evaluate a model.pt written by train.py; outputs go beside it.")
-    p.add_argument("checkpoint", help="path to a model.pt written by train.py")
-    p.add_argument("--data-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"),
-                   help="folder holding MNIST/raw (default: data/ beside this file)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                   help="where to compute; auto picks cuda, then mps, then cpu (default: auto)")
-    p.add_argument("--is-images", type=int, default=IS_IMAGES, help="VAE: how many test images (the first ones) "
-                   f"the importance-sampled -log p(x) is estimated on (default: {IS_IMAGES})")
-    p.add_argument("--is-samples", type=int, default=IS_SAMPLES, help="VAE: samples of z per image for that "
-                   f"estimate; more is tighter and slower (default: {IS_SAMPLES})")
+    add = p.add_argument
+    add("checkpoint", help="path to a model.pt written by train.py")
+    add("--data-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"),
+        help="folder holding MNIST/raw (default: data/ beside this file)")
+    add("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+        help="where to compute; auto picks cuda, then mps, then cpu (default: auto)")
+    add("--is-images", type=int, default=IS_IMAGES, help=f"VAE: the first N test images -log p(x) is estimated on "
+        f"(default: {IS_IMAGES})")
+    add("--is-samples", type=int, default=IS_SAMPLES, help=f"VAE: samples of z an image for it (default: {IS_SAMPLES})")
     args = p.parse_args(argv)
     if args.is_images < 1 or args.is_samples < 1:
         p.error("--is-images and --is-samples must be positive")
@@ -909,9 +841,8 @@ def main(argv=None):
         print("interrupted: the files written so far are whole; run it again to redo them all", file=sys.stderr)
         return 130
     except (UserError, data.DataError, OSError) as e:
-        line, code = error_line(e)
-        print(line, file=sys.stderr)
-        return code
+        print(error_line(e)[0], file=sys.stderr)
+        return error_line(e)[1]
     return 0
 
 

@@ -6,14 +6,12 @@
     python train.py --model vae --long       # the longer run behind the README's pictures
     python train.py --model bae --dataset variance   # the negative control: BAE fails there
 
-Writes into --out (default runs/<model>-<dataset>): model.pt (the weights, the config, every step's
-loss), the training curve and report.md, then what evaluate.py writes; while training, resume.pt
-(the state after every epoch), so Ctrl-C or a crash loses at most one epoch and --resume goes on.
-
-Read it in this order: TRAINING (each model's data, defaults and loss: the one switch on --model),
-the schedules, noise_level, kl_weight, train (the loop), run (the program). The training images
-live on the device as one uint8 tensor and each batch is drawn by indexing it: no DataLoader, no
-per-image Python, which is most of why this trains several times faster than a per-image pipeline.
+Writes into --out (default runs/<model>-<dataset>): model.pt (weights, config, every step's loss),
+the training curve, report.md, then what evaluate.py writes; while training, resume.pt (the state
+after every epoch), so Ctrl-C loses at most one epoch and --resume goes on. Read in this order:
+TRAINING (each model's data, defaults and loss: the one switch on --model), the schedules,
+noise_level, kl_weight, train (the loop), run. The training images live on the device as one uint8
+tensor, a batch drawn by indexing it: no per-image Python, several times faster than a DataLoader.
 """
 
 import argparse
@@ -32,11 +30,10 @@ import evaluate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# Each model's training in one place: its data set, its default run (a few minutes on a 2-core CPU),
-# what --long changes, and its loss at a training step (ae.py explains each). A setting only one
-# model has (the DAE's noise_start, the VAE's kl_warmup) is refused for the others. epochs,
-# batch_size, lr (Adam's peak): what reads out best within a fifth of the original implementation's
-# training time (docs/experiments.md). The DAE's --long is the original's own training.
+# Each model's training in one place: its data, its default run (minutes on a 2-core CPU), what --long
+# changes, its loss at a step (ae.py explains each); a setting only one model has is refused for the
+# others. epochs, batch_size, lr (Adam's peak): what reads out best within a fifth of the original's
+# training time (docs/experiments.md); the DAE's --long is the original's own training.
 TRAINING = {
     "bae": dict(dataset="mnist", epochs=4, batch_size=128, lr=2e-3, long=dict(epochs=20),
                 loss=lambda model, x, config, step, total: ae.bae_loss(model, x)),
@@ -49,24 +46,21 @@ TRAINING = {
                 loss=lambda model, x, config, step, total: ae.vae_loss(
                     model, x, kl_weight(step, total, config["kl_warmup"]))),
 }
-# The same for every model: K, the size of the code; sigma_n, the DAE's corruption (pixel units) at
-# the end of training and in its evaluation; the seed of every random draw of training; how many of
-# MNIST's training images to use; the learning rate's shape (SCHEDULES); the arithmetic of a step.
+# The same for every model: K, the size of the code; sigma_n, the DAE's corruption (pixel units) at its
+# last step and in its evaluation; the seed; how many training images; the rate's shape; the arithmetic.
 SHARED_DEFAULTS = dict(n_components=10, noise_std=0.2, seed=0, train_size=60000, lr_schedule="warmup_cosine",
                        noise_start=None, kl_warmup=0.0, precision="auto")
 
 
 def loss_function(config):
-    # The model's loss as loss(model, x, step, total_steps). The DAE's corruption and the VAE's KL
-    # weight change over the run; without a step (the test loss) each is at its final value.
+    # loss(model, x, step, total_steps); without a step (the test loss) at its last step's settings
     loss = TRAINING[config["model"]]["loss"]
     return lambda model, x, step=None, total_steps=None: loss(model, x, config, step, total_steps)
 
 
 def warmup_cosine(step, total_steps):
-    # The learning rate at `step`, as a fraction of its peak: a linear warm-up over the first 1/50 of
-    # the steps (Adam's first steps are noisy), then a cosine decay to zero, so that the last steps
-    # are small and settle into a minimum instead of rattling around it (it matters in short runs).
+    # The learning rate at `step`, a fraction of its peak: a linear warm-up over the first 1/50 of the
+    # steps (Adam's first are noisy), then a cosine decay to zero: small last steps settle in a minimum.
     warmup = max(1, total_steps // 50)
     if step < warmup:
         return (step + 1) / warmup
@@ -82,30 +76,27 @@ SCHEDULES = {"warmup_cosine": warmup_cosine, "constant": constant}
 
 
 def noise_level(step, total_steps, start, end):
-    # The DAE's corruption sigma_n at `step`: falling linearly from `start` at the first step to `end`
-    # (--noise-std) at the last, and `end` for the test loss and the evaluation (start None: `end`
-    # throughout). Heavy corruption first leaves only a digit's coarse shape to encode; the lighter
-    # levels after it add the finer strokes to a code already organised by shape ("Scheduled
-    # denoising autoencoders", Geras and Sutton, 2015). The same levels rising read out lower.
+    # The DAE's corruption sigma_n at `step`: falling linearly from `start` to `end` (--noise-std) at the
+    # last step, `end` for the test loss and the evaluation (and throughout if start is None). Heavy
+    # corruption first leaves only a digit's coarse shape to encode; lighter levels then add the strokes
+    # to a code organised by shape ("Scheduled denoising autoencoders", Geras and Sutton, 2015).
     if step is None or start is None:
         return end
     return start + (end - start) * (step / total_steps)
 
 
 def kl_weight(step, total_steps, warmup):
-    # The VAE's KL warm-up: the weight of the -ELBO's KL term at `step`, rising linearly from 0 to 1
-    # over the first `warmup` fraction of the steps, then 1 (warmup 0, or no step: the plain -ELBO).
-    # With the full KL from the first step, the KL pulls q(z|x) to the prior before the decoder has
-    # learnt to use the code; with the weight low at first, the code carries the digit first and is
-    # then pressed into shape. Each epoch's test loss is the plain -ELBO.
+    # The VAE's KL warm-up: the weight of the -ELBO's KL term at `step`, rising linearly from 0 to 1 over
+    # the first `warmup` fraction of the steps (0, or no step: the plain -ELBO). A full KL from the first
+    # step pulls q(z|x) to the prior before the decoder has learnt to use the code; a low weight first
+    # lets the code carry the digit, then the KL presses it into shape.
     if warmup == 0 or step is None:
         return 1.0
     return min(1.0, step / (warmup * total_steps))
 
 
 def train(model, config, train_images, test_images, out, checkpoint=None):
-    """Adam on minibatches for config["epochs"] epochs; returns the history for metrics.json.
-    `checkpoint` (a resume.pt read back) continues from the epoch it holds."""
+    """Adam on minibatches for config["epochs"] epochs (from a resume.pt's, `checkpoint`); the history."""
     loss_fn, device = loss_function(config), train_images.device
     # betas (0.9, 0.99): Adam's average of squared gradients spans ~100 steps instead of ~1000, so
     # the step size follows the gradients' scale in these short runs. fused: one kernel per update.
@@ -137,12 +128,10 @@ def train(model, config, train_images, test_images, out, checkpoint=None):
 
 @torch.no_grad()
 def held_out_loss(model, loss_fn, images, dataset, batch_size):
-    # The training loss on the test set, over one fixed draw of its noise (varianceMNIST, the DAE's
-    # corruption, the VAE's samples), so that the epochs' numbers are comparable. fork_rng puts the
-    # training generators back afterwards: measuring never changes what training draws next.
-    device = images.device
+    # The loss on the test set, over one fixed draw of its noise, so that the epochs' numbers compare;
+    # fork_rng puts the training generators back: measuring never changes what training draws next.
     model.eval()
-    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [0], device_type=device.type):
+    with torch.random.fork_rng(devices=[] if images.device.type == "cpu" else [0], device_type=images.device.type):
         torch.manual_seed(1234)
         total = sum(loss_fn(model, data.make_batch(chunk, dataset)).item() * chunk.shape[0]
                     for chunk in images.split(batch_size * 8))
@@ -154,18 +143,12 @@ def run(args):
     """The program: settings, data, model, training, the saved model and its evaluation."""
     config, device, out, checkpoint = settings(args)  # defaults or --resume's; checks that --out is safe
     torch.manual_seed(config["seed"])  # the one place training randomness is seeded
-    train_images, _ = data.load_mnist(args.data_dir, train=True, device=device)
+    train_images = data.load_mnist(args.data_dir, train=True, device=device)[0][: config["train_size"]]
     test_images, _ = data.load_mnist(args.data_dir, train=False, device=device)
-    train_images = train_images[: config["train_size"]]
     make_out(out, args)  # only now: a mistake found above leaves no empty folder behind
 
     model = ae.MODELS[config["model"]](config["n_components"]).to(device)
-    falling = config["noise_start"] not in (None, config["noise_std"])
-    print(f"{config['model']} on {config['dataset']}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"{config['epochs']} epochs of {len(train_images)} images, batch {min(config['batch_size'], len(train_images))}"
-          f", lr {config['lr']} ({config['lr_schedule']}), " + (f"corruption {config['noise_start']:g} -> "
-          f"{config['noise_std']:g}, " if falling else "") + f"on {device} in {config['precision']} -> {out}",
-          flush=True)
+    print(first_line(config, model, len(train_images), device, out), flush=True)
     try:
         history = train(model, config, train_images, test_images, out, checkpoint)
     except KeyboardInterrupt:
@@ -190,12 +173,18 @@ def run(args):
 
 
 # =================================================================================================
-# The machinery. A first reading may stop here: what follows is the command line, the checks that
-# keep a run from destroying a result, the training checkpoints, the one-line errors, and the
-# settings that make a step faster on some processors.
+# The machinery. A first reading may stop here: the command line, the checks that keep a run from
+# destroying a result, checkpoints, one-line errors, and the settings that make a step faster.
 # =================================================================================================
 
 UserError = evaluate.UserError  # a mistake a person can fix: one line, exit status 2, as in evaluate.py
+
+
+def first_line(c, model, n, device, out):  # what is about to run: the model, the data, the settings, where
+    corruption = f"corruption {c['noise_start']:g} -> {c['noise_std']:g}, " if c["noise_start"] is not None else ""
+    return (f"{c['model']} on {c['dataset']}: {sum(p.numel() for p in model.parameters()):,} parameters, {c['epochs']} "
+            f"epochs of {n} images, batch {min(c['batch_size'], n)}, lr {c['lr']} ({c['lr_schedule']}), "
+            f"{corruption * (c['noise_start'] != c['noise_std'])}on {device} in {c['precision']} -> {out}")
 
 
 class TrainingStopped(Exception):
@@ -212,11 +201,9 @@ def main(argv=None):
     except TrainingStopped as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (UserError, data.DataError, OSError) as e:  # evaluate.py's one line for each
-        line, code = evaluate.error_line(e)
-        # a full disk, a folder removed under us: every save is atomic, so --out still holds whole files
-        print(line + ("; the last model.pt and resume.pt, if any, are whole" if isinstance(e, OSError) else ""),
-              file=sys.stderr)
+    except (UserError, data.DataError, OSError) as e:  # evaluate.py's one line for each; every save is
+        line, code = evaluate.error_line(e)  # atomic, so after a full disk --out still holds whole files
+        print(line + "; the last model.pt and resume.pt, if any, are whole" * isinstance(e, OSError), file=sys.stderr)
         return code
 
 
@@ -228,7 +215,8 @@ def get_parser():
     p = evaluate.OneLineParser(description="Train and evaluate a bottleneck, denoising or variational autoencoder.")
     add, positive, zero_or_positive = p.add_argument, number(), number(zero=True)
     add("--model", required=True, choices=sorted(ae.MODELS), help="which autoencoder")
-    add("--dataset", choices=["mnist", "variance"], help="MNIST or varianceMNIST (default: mnist for bae, else variance)")
+    add("--dataset", choices=["mnist", "variance"], help="MNIST or varianceMNIST (default: mnist for bae, else "
+        "variance)")
     add("--epochs", type=number(int), help=f"passes over the training set {default('epochs')}")
     add("--long", action="store_true", help="the longer run behind the README's pictures (" + "; ".join(
         f"{m} " + ", ".join(f"{k} {v}" for k, v in t["long"].items()) for m, t in TRAINING.items()) + ")")
@@ -258,8 +246,7 @@ def get_parser():
     return p
 
 
-def number(kind=float, zero=False, at_most=None):
-    # An argparse type: a finite positive int or float (or zero too), at most at_most = (limit, message)
+def number(kind=float, zero=False, at_most=None):  # an argparse type: finite, positive (or zero), <= at_most[0]
     def parse(text):
         try:
             value = kind(text)
@@ -273,8 +260,7 @@ def number(kind=float, zero=False, at_most=None):
     return parse
 
 
-# The settings that decide what is computed (evaluate.py's list), saved in every checkpoint.
-CONFIG_KEYS = evaluate.CONFIG_KEYS
+CONFIG_KEYS = evaluate.CONFIG_KEYS  # the settings that decide what is computed, saved in every checkpoint
 
 
 def make_config(args):
@@ -290,9 +276,8 @@ def make_config(args):
 
 
 def settings(args):
-    """(config, device, out, checkpoint), every check that can fail before any data is read: the
-    config from the flags (or, with --resume, the one saved in resume.pt, refusing flags that ask for
-    other settings), the device, the checked --out, and resume.pt read back (None without --resume)."""
+    """(config, device, out, checkpoint) after every check that can fail before any data is read: the
+    config of the flags or of resume.pt (--resume), the device, the checked --out, resume.pt read back."""
     config, training = make_config(args), TRAINING[args.model]
     for key in ("noise_start", "kl_warmup"):  # settings only some models take
         if getattr(args, key) is not None and key not in training:
@@ -311,8 +296,7 @@ def settings(args):
     saved = checkpoint["config"]
     if saved["model"] != config["model"]:
         raise UserError(f"--resume: the run in {out} trains {saved['model']}, not {config['model']}")
-    # A resumed run continues with its own settings; a flag that asks for something else would be
-    # silently ignored, so refuse it instead.
+    # A resumed run continues with its own settings: a flag asking for others is refused, not ignored
     for key in CONFIG_KEYS[1:]:
         asked = getattr(args, key) is not None or (args.long and key in training["long"])
         flag = f"--{key.replace('_', '-')}" if getattr(args, key) is not None else "--long"
@@ -329,12 +313,10 @@ def check_out(args, config):
     if args.resume and not resumable:
         raise UserError(f"--resume: there is no interrupted run in {out} (no resume.pt)"
                         + ("; it holds a finished model" if finished else ""))
-    if not args.resume and not args.force and finished:
+    if not (args.resume or args.force) and (finished or resumable):
         raise UserError(f"{out} already holds a trained model.pt; pass --force to replace it once the new run "
-                        f"finishes, or choose another --out")
-    if not args.resume and not args.force and resumable:
-        raise UserError(f"{out} holds an interrupted run (resume.pt); pass --resume to continue it or --force to "
-                        f"start over")
+                        f"finishes, or choose another --out" if finished else f"{out} holds an interrupted run "
+                        f"(resume.pt); pass --resume to continue it or --force to start over")
     return out
 
 
@@ -342,9 +324,8 @@ def make_out(out, args):
     # Find out now, not after an hour of training, whether the results can be saved.
     try:
         os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, f".write-test-{os.getpid()}")
-        open(probe, "w").close()
-        os.remove(probe)
+        open(os.path.join(out, f".write-test-{os.getpid()}"), "w").close()
+        os.remove(os.path.join(out, f".write-test-{os.getpid()}"))
     except OSError as e:
         raise UserError(f"cannot write to --out {out}: {e.strerror}; choose another --out") from None
     if args.force and not args.resume and os.path.exists(os.path.join(out, "resume.pt")):
@@ -352,13 +333,11 @@ def make_out(out, args):
 
 
 def save_checkpoint(obj, path):
-    # With the format version evaluate.load_checkpoint checks, written to a temporary file and renamed
-    # into place: a crash, Ctrl-C or a full disk leaves the old file or the new one, never half of one.
+    # With the format version load_checkpoint checks, and atomically: never half of a file.
     evaluate.atomic_write(path, lambda f: torch.save({"format": evaluate.FORMAT, **obj}, f))
 
 
-def start_or_resume(out, model, optimizer, schedule, config, checkpoint):
-    # (history, first epoch): a new run's, saved at once to resume.pt, or those of the resume.pt read back
+def start_or_resume(out, model, optimizer, schedule, config, checkpoint):  # (history, first epoch)
     if checkpoint is None:
         history = {"loss_history": [], "test_loss_history": [], "step_losses": [], "train_seconds": 0.0}
         save_training_state(out, model, optimizer, schedule, config, history, epoch=0)
@@ -376,8 +355,7 @@ def start_or_resume(out, model, optimizer, schedule, config, checkpoint):
     return checkpoint["history"], checkpoint["epoch"]
 
 
-def device_rng(model):
-    # The module whose generator draws training's noise and samples on the model's device (None: the CPU's)
+def device_rng(model):  # the module of the generator on the model's device (None: the CPU's)
     return {"cuda": torch.cuda, "mps": torch.mps}.get(next(model.parameters()).device.type)
 
 
@@ -386,12 +364,12 @@ def save_training_state(out, model, optimizer, schedule, config, history, epoch)
     # stopped, the random generators included (the next epoch's batch order, noise and samples).
     rng = {"cpu": torch.get_rng_state(), "device": device_rng(model) and device_rng(model).get_rng_state()}
     save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": config, "rng": rng,
-                     "schedule": schedule.state_dict(), "epoch": epoch, "history": history}, os.path.join(out, "resume.pt"))
+                     "schedule": schedule.state_dict(), "epoch": epoch, "history": history},
+                    os.path.join(out, "resume.pt"))
 
 
 def end_of_epoch(model, loss_fn, optimizer, schedule, config, history, epoch_record, epoch, test_images, out):
-    # The bookkeeping after each epoch: stop if the loss is not finite, record the epoch's mean loss,
-    # each step's loss, the test loss and the time, save the training state for --resume, print a line.
+    # After each epoch: stop if a loss is not finite, record the losses and the time, save resume.pt.
     losses, bs, t0 = epoch_record  # each step's loss (on the device), the batch size, the epoch's start
     losses = losses.cpu()  # waits for the last step, so the time is right on a GPU too
     seconds = time.perf_counter() - t0
@@ -411,12 +389,10 @@ def end_of_epoch(model, loss_fn, optimizer, schedule, config, history, epoch_rec
 
 
 def interrupted(out, config):
-    path = os.path.join(out, "resume.pt")
-    if not os.path.exists(path):  # Ctrl-C before the first save
-        print("interrupted", file=sys.stderr)
-    else:
-        print(f"interrupted: {path} holds the training state of the last finished epoch (or of the start); "
-              f"continue with: python train.py --model {config['model']} --out {out} --resume", file=sys.stderr)
+    path = os.path.join(out, "resume.pt")  # not there: Ctrl-C came before the first save
+    print("interrupted" + (f": {path} holds the training state of the last finished epoch (or of the start); "
+                           f"continue with: python train.py --model {config['model']} --out {out} --resume"
+                           if os.path.exists(path) else ""), file=sys.stderr)
     return 130
 
 
@@ -426,23 +402,20 @@ def interrupted(out, config):
 # applies them all in one line, `with faster_step(config)`.
 
 PRECISIONS = ["auto", "fp32", "fp32-onednn"]
-PRECISION_HELP = ("the training step's arithmetic: fp32, float32 in torch's default kernels; fp32-onednn, float32 "
-                  "with the matrix products in oneDNN's kernels, faster on AMD processors with AVX-512 (with AMX "
-                  "oneDNN rounds to bfloat16 inside them); auto picks fp32-onednn on an AMD CPU with AVX-512, else "
-                  "fp32; evaluation is always plain float32 (default: auto)")
+PRECISION_HELP = ("the step's arithmetic: float32 in torch's default kernels, or with the products in oneDNN's, faster "
+                  "on AMD with AVX-512 (oneDNN rounds to bfloat16 with AMX); auto: fp32-onednn on an AMD CPU with "
+                  "AVX-512, else fp32; evaluation is plain float32 (default: auto)")
 
 
 @contextlib.contextmanager
 def faster_step(config):
-    # The training steps inside the `with` run as config["precision"] says; oneDNN's setting is put
-    # back afterwards, so the test loss, the evaluation and the rest of the process compute as before.
+    # The steps inside the `with` run as config["precision"] says; oneDNN's setting is put back after.
     keep_freed_memory()
     backends = torch.backends.mkldnn.matmul, torch.backends.mkldnn.conv
     saved = [b.fp32_precision for b in backends]
-    try:
-        if config["precision"] == "fp32-onednn":  # float32 products go to MKL unless oneDNN may use bfloat16
-            for b in backends:                    # in them; without AMX it runs its float32 kernels
-                b.fp32_precision = "bf16"         # (DNNL_VERBOSE=1 names each kernel it runs)
+    try:  # float32 products go to MKL unless oneDNN may use bfloat16; without AMX it runs float32 kernels
+        for b in backends:
+            b.fp32_precision = "bf16" if config["precision"] == "fp32-onednn" else b.fp32_precision
         yield
     finally:
         for b, value in zip(backends, saved):
@@ -450,11 +423,9 @@ def faster_step(config):
 
 
 def keep_freed_memory():
-    # Ask glibc's malloc to keep the memory a step frees for the next step (True where it took the
-    # setting: Linux). Every step allocates the same tensors and frees them at its end; by default
-    # glibc hands large freed blocks back to the kernel, which zeroes each 4 KB page again at its next
-    # first touch: thousands of page faults a step. Serving blocks under 32 MB from its heap and
-    # trimming it only past 1 GB, glibc reuses the same pages.
+    # Ask glibc's malloc to keep the memory a step frees for the next (True on Linux). By default it hands
+    # large freed blocks back to the kernel, which zeroes each page again at its next touch: thousands of
+    # page faults a step. Serving blocks under 32 MB from its heap, trimmed past 1 GB only, it reuses them.
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt  # glibc's; no such library on macOS, Windows or musl
     except (OSError, AttributeError):
@@ -471,8 +442,7 @@ def choose_precision(requested, device):
     return requested if requested != "auto" else "fp32-onednn" if device.type == "cpu" and amd_avx512 else "fp32"
 
 
-def cpu_words(cpuinfo="/proc/cpuinfo"):
-    # The words of Linux's description of the processor, its maker (vendor_id) among them; none off Linux
+def cpu_words(cpuinfo="/proc/cpuinfo"):  # Linux's description of the processor, its maker among its words
     return set(open(cpuinfo).read().split()) if os.path.exists(cpuinfo) else set()
 
 

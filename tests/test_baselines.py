@@ -38,6 +38,8 @@ def test_a_cold_cache_gives_the_probe_on_the_evaluations_inputs(cold_mnist, spli
     y, yt = splits.train_labels, splits.test_labels
     assert result == {"pixels": evaluate.probe_accuracy(x, y, xt, yt, torch.float32),
                       "pixels_squared": evaluate.probe_accuracy(x * x, y, xt * xt, yt, torch.float32),
+                      # 100 training images: no fewer labels than all of them
+                      "pixels_few_labels": {}, "pixels_squared_few_labels": {},
                       "pca": evaluate.pca_baseline(x, y, xt, yt, 3)}
     assert result["pixels"] < result["pixels_squared"]  # the digit is in x^2
     (key,) = json.load(open(cache_file(cold_mnist)))
@@ -51,7 +53,7 @@ def test_a_damaged_cache_is_computed_again(cold_mnist, splits):
     for damage in (b"\x00\xff half a file", b"[1, 2, 3]", json.dumps({key: [0.5]}).encode()):
         open(cache_file(cold_mnist), "wb").write(damage)
         assert evaluate.cached_input_baselines(cold_mnist, splits, "mnist", 2) == result, damage
-        assert set(json.load(open(cache_file(cold_mnist)))[key]) == {"pixels"}
+        assert set(json.load(open(cache_file(cold_mnist)))[key]) == {"pixels", "pixels_few_labels"}
 
 
 PLANTED = 0.1234567  # no accuracy over 300 test images: a number the cache alone can hold
@@ -90,8 +92,9 @@ def test_an_unwritable_cache_is_computed_and_said(cold_mnist, splits, monkeypatc
 
     monkeypatch.setattr(evaluate, "atomic_write", refuse)
     result = evaluate.cached_input_baselines(cold_mnist, splits, "mnist", 2)
-    assert set(result) == {"pixels", "pca"} and not os.path.exists(cache_file(cold_mnist))
+    assert set(result) == {"pixels", "pixels_few_labels", "pca"} and not os.path.exists(cache_file(cold_mnist))
     assert "could not write" in capsys.readouterr().out
     x, xt = (data.to_float(i).flatten(1) for i in (splits.train_images, splits.test_images))  # MNIST: x = s
     assert result == {"pixels": evaluate.probe_accuracy(x, splits.train_labels, xt, splits.test_labels, torch.float32),
+                      "pixels_few_labels": {},
                       "pca": evaluate.pca_baseline(x, splits.train_labels, xt, splits.test_labels, 2)}

@@ -65,6 +65,16 @@ def test_the_probe_numbers_are_those_of_the_saved_codes(run):
     assert evaluate.accuracy(predict, run.codes_train, run.labels_train) == metrics["probe_train_accuracy"]
     knn = evaluate.knn_accuracy(run.codes_train, run.labels_train, run.codes_test, run.labels_test)
     assert knn == metrics["knn_test_accuracy"]
+    # with 100 and 1000 labels: the mean over five subsets of the saved training codes, drawn from the
+    # labels' seed one after the other, 100s first; the pixels' with the same subsets
+    gen, few = torch.Generator().manual_seed(evaluate.SEEDS["labels"]), {}
+    for n in (100, 1000):
+        subsets = [torch.randperm(2000, generator=gen)[:n] for _ in range(5)]
+        few[str(n)] = np.mean([evaluate.accuracy(evaluate.fit_probe(run.codes_train[i], run.labels_train[i]),
+                                                 run.codes_test, run.labels_test) for i in subsets])
+    assert metrics["probe_few_labels"] == pytest.approx(few, rel=1e-12)
+    assert set(metrics["baselines"]["pixels_few_labels"]) == {"100", "1000"}
+    assert metrics["probe_few_labels"]["100"] < metrics["probe_few_labels"]["1000"]
     # even a tiny run learns something: the probe and the nearest codes beat chance (10%) clearly
     assert 0.2 < metrics["probe_test_accuracy"] <= 1 and 0.2 < metrics["probe_train_accuracy"] <= 1
     assert 0.2 < metrics["knn_test_accuracy"] <= 1
@@ -121,9 +131,10 @@ def test_the_baselines_come_from_a_cold_cache_beside_mnist(run):
     # kept there; the untrained encoder's is the probe on the seed's initial model, its BatchNorm
     # statistics (conv encoders) from the clean training inputs.
     baselines = run.metrics["baselines"]
-    assert set(baselines) == {"pixels", "pca", "untrained"} | ({"pixels_squared"} if run.model != "bae" else set())
+    pixels = {"pixels", "pixels_few_labels"} | ({"pixels_squared", "pixels_squared_few_labels"} if run.model != "bae" else set())
+    assert set(baselines) == pixels | {"pca", "untrained"}
     (entry,) = json.load(open(os.path.join(run.data_dir, "MNIST", "probe-baselines.json"))).values()
-    assert entry == {name: baselines[name] for name in ("pixels", "pixels_squared") if name in baselines}
+    assert entry == {name: baselines[name] for name in pixels}
     if run.model == "vae":  # one conv encoder is enough: this one check costs its codes of 12000 images
         config, splits = run.metrics["config"], evaluate.load_splits(run.data_dir, 2000)
         untrained = evaluate.untrained_model(ae.VAE, config).eval()

@@ -15,6 +15,24 @@ import ae
 import evaluate
 
 
+def test_few_label_probes_fit_on_n_labelled_codes_only():
+    # Oracle: the subsets drawn here from the labels' seed, the probe fitted on each, the mean of the
+    # test accuracies. On a toy problem whose classes overlap, 20 labels read out less than 200, and
+    # sizes not below the number of training codes are left out.
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (600,), generator=gen)
+    codes = torch.randn(600, 4, generator=gen, dtype=torch.float64) + 0.6 * torch.randn(10, 4, generator=gen,
+                                                                                        dtype=torch.float64)[labels]
+    train, test, y, yt = codes[:500], codes[500:], labels[:500], labels[500:]
+    result = evaluate.few_label_probes(train, y, test, yt, sizes=(20, 200, 500), repeats=3)
+    draw = torch.Generator().manual_seed(evaluate.SEEDS["labels"])
+    for n in (20, 200):
+        picks = [torch.randperm(500, generator=draw)[:n] for _ in range(3)]
+        assert result[str(n)] == pytest.approx(np.mean([evaluate.accuracy(evaluate.fit_probe(train[i], y[i]), test, yt)
+                                                        for i in picks]), rel=1e-12)
+    assert set(result) == {"20", "200"} and result["20"] < result["200"]
+
+
 def test_pca_matches_numpy_svd():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((300, 6)) @ rng.standard_normal((6, 6)) + rng.standard_normal(6)
@@ -92,7 +110,7 @@ def test_input_baselines_see_the_digit_only_in_the_squares():
     x, y = draw(3000)
     xt, yt = draw(1000)
     result = {**evaluate.pixel_baselines(x, y, xt, yt, "variance"), "pca": evaluate.pca_baseline(x, y, xt, yt, 10)}
-    assert set(result) == {"pixels", "pixels_squared", "pca"}
+    assert set(result) == {"pixels", "pixels_squared", "pca", "pixels_few_labels", "pixels_squared_few_labels"}
     assert result["pixels"] < 0.3 and result["pixels_squared"] > 0.8
     # each is the probe on exactly those features, train and test alike
     assert result["pixels"] == evaluate.probe_accuracy(x, y, xt, yt, torch.float32)
@@ -101,7 +119,7 @@ def test_input_baselines_see_the_digit_only_in_the_squares():
     _, _, vt = np.linalg.svd(xn - xn.mean(0), full_matrices=False)
     project = lambda a: torch.as_tensor((a.double().numpy() - xn.mean(0)) @ vt[:10].T)
     assert abs(result["pca"] - evaluate.probe_accuracy(project(x), y, project(xt), yt)) <= 2 / 1000
-    assert set(evaluate.pixel_baselines(x, y, xt, yt, "mnist")) == {"pixels"}
+    assert set(evaluate.pixel_baselines(x, y, xt, yt, "mnist")) == {"pixels", "pixels_few_labels"}
 
 
 def test_pictures_are_written_as_pgm_ppm_and_png_with_the_same_bytes(tmp_path):
@@ -263,17 +281,17 @@ def test_atomic_write_never_leaves_half_a_file(tmp_path):
 
 def test_load_checkpoint_refuses_what_is_not_one(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(evaluate.CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(evaluate.UserError, match="not a readable checkpoint"):
         evaluate.load_checkpoint(str(tmp_path / "notes.txt"))
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(evaluate.CheckpointError, match="not a checkpoint of train.py"):
+    with pytest.raises(evaluate.UserError, match="not a checkpoint of train.py"):
         evaluate.load_checkpoint(str(tmp_path / "other.pt"))
-    with pytest.raises(evaluate.CheckpointError, match="does not exist"):
+    with pytest.raises(evaluate.UserError, match="does not exist"):
         evaluate.load_checkpoint(str(tmp_path / "missing.pt"))
     buf = io.BytesIO()
     torch.save({"model": {"w": torch.randn(1000)}, "config": {}}, buf)
     (tmp_path / "cut.pt").write_bytes(buf.getvalue()[:2000])
-    with pytest.raises(evaluate.CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(evaluate.UserError, match="not a readable checkpoint"):
         evaluate.load_checkpoint(str(tmp_path / "cut.pt"))
 
 
@@ -288,7 +306,7 @@ def test_load_checkpoint_never_runs_pickled_code(tmp_path, monkeypatch):
     # torch before 2.6 loaded pickled code unless weights_only=True was passed; this environment
     # variable gives today's torch that old default, so only an explicit weights_only=True refuses
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    with pytest.raises(evaluate.CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(evaluate.UserError, match="not a readable checkpoint"):
         evaluate.load_checkpoint(str(tmp_path / "evil.pt"))
     assert not (tmp_path / "ran-pickled-code").exists()
 
@@ -559,7 +577,7 @@ def test_a_checkpoint_of_another_format_gets_one_line(tmp_path):
                             ("older.pt", {**good, "format": evaluate.FORMAT - 1}, "an older"),
                             ("newer.pt", {**good, "format": evaluate.FORMAT + 1}, "a newer")]:
         torch.save(ckpt, tmp_path / name)
-        with pytest.raises(evaluate.CheckpointError, match=f"saved by {age} version of this project; retrain it"):
+        with pytest.raises(evaluate.UserError, match=f"saved by {age} version of this project; retrain it"):
             evaluate.load_checkpoint(str(tmp_path / name))
 
 
