@@ -27,11 +27,14 @@ def test_verdict_against_the_higher_mark_and_a_fifth_of_the_pace():
     assert benchmark.verdict("vae", 0.8880, 106.0, 529.0) == "goal missed: time 0.2 s over 106 s"
 
 
-def test_pace_from_a_json_line_or_a_file(tmp_path):
+def test_pace_from_a_json_line_a_file_or_an_earlier_benchmark(tmp_path):
     line = '{"bae": 135.0, "dae": 454.0, "vae": 529.0}'
     path = tmp_path / "pace.json"
     path.write_text("the original's pace\n" + line + "\n")
-    assert benchmark.read_pace(line) == benchmark.read_pace(str(path)) == json.loads(line)
+    assert benchmark.read_pace(line)[0] == benchmark.read_pace(str(path))[0] == json.loads(line)
+    earlier = tmp_path / "benchmark.json"  # its seconds, and the measurements they were the mean of
+    earlier.write_text(json.dumps({"original_seconds": {"bae": 150.0}, "original_pace": "measured: [...]"}, indent=2))
+    assert benchmark.read_pace(str(earlier)) == ({"bae": 150.0}, f"--pace {earlier}: measured: [...]")
 
 
 def test_training_flops_per_image_by_hand():

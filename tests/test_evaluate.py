@@ -115,6 +115,8 @@ def test_input_baselines_see_the_digit_only_in_the_squares():
     # each is the probe on exactly those features, train and test alike
     assert result["pixels"] == evaluate.probe_accuracy(x, y, xt, yt, torch.float32)
     assert result["pixels_squared"] == evaluate.probe_accuracy(x * x, y, xt * xt, yt, torch.float32)
+    for name, f in (("pixels", lambda a: a), ("pixels_squared", torch.square)):  # with 100 and 1000 labels too
+        assert result[name + "_few_labels"] == evaluate.few_label_probes(f(x), y, f(xt), yt, torch.float32)
     xn = x.double().numpy()
     _, _, vt = np.linalg.svd(xn - xn.mean(0), full_matrices=False)
     project = lambda a: torch.as_tensor((a.double().numpy() - xn.mean(0)) @ vt[:10].T)

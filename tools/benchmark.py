@@ -17,13 +17,14 @@ fifth of the original's training time, on the same machine.
 The original's time is measured in the same run with --pace-script (the original's own models and
 per-image pipeline, timed for a few steps and extrapolated; a script kept outside this repository,
 as is the original's code that --seed-code points to), before the first training run and after the
-last, the goal a fifth of their mean. --pace takes that script's JSON line measured another time.
+last, the goal a fifth of their mean. --pace takes that script's JSON line measured another time,
+or an earlier benchmark's JSON: with --reuse, its runs tabulated again against its own pace.
 Without either, the fallback is the original's times on the 2-core AMD EPYC of
 docs/data/reference-recipe.json (BAE 170 s, DAE 475 s, VAE 750 s), and the table says so.
 
 --as-avx2 runs everything (this script, every train.py, the pace script) with ATen's, oneDNN's and
 MKL's kernels limited to AVX2 (AVX2 below): the project's machine as a processor without AVX-512,
-such as most laptops have. Default runs take about 10 minutes a seed on 2 cores (20 as AVX2).
+such as most laptops have. The default runs take about 9 minutes a seed on 2 cores (12 as AVX2).
 """
 
 import argparse
@@ -75,11 +76,19 @@ def measure_pace(script, seed_code, data_dir):
 
 
 def read_pace(text):
-    # --pace: original_pace.py's JSON line, or a file that holds it
+    # --pace: original_pace.py's JSON line, a file that holds it, or an earlier benchmark's JSON (with
+    # --reuse, its runs tabulated again against the pace measured in that run); the seconds and whence
+    source = f"--pace {text}"
     if os.path.exists(text):
         with open(text) as f:
             text = f.read()
-    return json.loads(text.strip().splitlines()[-1])
+    try:
+        earlier = json.loads(text)
+    except json.JSONDecodeError:
+        earlier = None
+    if isinstance(earlier, dict) and "original_seconds" in earlier:
+        return earlier["original_seconds"], f"{source}: {earlier['original_pace']}"
+    return json.loads(text.strip().splitlines()[-1]), source
 
 
 def verdict(model, probe_mean, seconds_mean, original_seconds):
@@ -188,7 +197,8 @@ def main():
     p.add_argument("--reuse", action="store_true", help="take runs whose metrics.json exists instead of training again")
     p.add_argument("--pace-script", help="original_pace.py: measure the original's training time before and after")
     p.add_argument("--seed-code", help="with --pace-script: the folder holding the original's three model files")
-    p.add_argument("--pace", help="the original's training times measured another time: that script's JSON or its file")
+    p.add_argument("--pace", help="the original's training times measured another time: that script's JSON, "
+                   "its file, or an earlier benchmark's JSON")
     p.add_argument("--extra", default="", help="more train.py flags for every run, e.g. '--precision fp32'")
     p.add_argument("--as-avx2", action="store_true", help="limit every kernel library to AVX2 (AVX2 above)")
     args = p.parse_args()
@@ -227,7 +237,7 @@ def main():
         original = {k: statistics.mean(p[k] for p in paces) for k in REFERENCE}
         pace_source = f"measured on this machine in this run: {json.dumps(paces)}"
     elif args.pace:
-        original, pace_source = read_pace(args.pace), f"--pace {args.pace}"
+        original, pace_source = read_pace(args.pace)
     else:
         original, pace_source = {k: v[1] for k, v in REFERENCE.items()}, FALLBACK_PACE
     print(f"\nthe original's training time: " + ", ".join(f"{k} {original[k]:.0f} s" for k in REFERENCE)

@@ -88,7 +88,17 @@ def one_run(arm, seed, data_dir, out):
         kl = ae.kl_to_standard_normal(mu, logvar, per_dimension=True).mean(0)
     result.update(validation=metrics["probe_validation_accuracy"], test=metrics["probe_test_accuracy"],
                   few_labels=metrics["probe_few_labels"], active_units=metrics["active_units"],
-                  kl_per_dimension=sorted(kl.tolist(), reverse=True))
+                  kl_per_dimension=sorted(kl.tolist(), reverse=True),
+                  test_loss_by_epoch=history["test_loss_history"])
+    if config["dataset"] == "variance":  # the decoder's log-variance where the digit is and where it is not
+        s = test_images[:500]
+        with torch.no_grad():
+            x = next(evaluate.fixed_inputs(s, "variance", "cpu", evaluate.SEEDS["test"], 500))[1]
+            _, logvar = model.decode(model.encode_dist(x)[0])
+        background = (s == 0).view_as(logvar)
+        result["decoder_logvar_500_test_images"] = {
+            "median_background": logvar[background].median().item(), "lowest": logvar.min().item(),
+            "median_strokes": logvar[~background].median().item()}
     return result
 
 
