@@ -245,8 +245,8 @@ def pixel_baselines(train_x, train_labels, test_x, test_labels, dataset):
     # The probe on the pixels and (varianceMNIST) their squares, with all the labels and with few
     result = {}
     for name, f in [("pixels", lambda x: x)] + [("pixels_squared", torch.square)] * (dataset == "variance"):
-        result[name] = probe_accuracy(f(train_x), train_labels, f(test_x), test_labels, torch.float32)
-        result[name + "_few_labels"] = few_label_probes(f(train_x), train_labels, f(test_x), test_labels, torch.float32)
+        features = f(train_x), train_labels, f(test_x), test_labels, torch.float32  # (60000, 784): squared once
+        result[name], result[name + "_few_labels"] = probe_accuracy(*features), few_label_probes(*features)
     return result
 
 
