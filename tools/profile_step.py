@@ -7,14 +7,13 @@ Not collected by pytest. Trains the model's default settings (train.py's make_co
 same batch, Adam and speed settings as train.train, on random MNIST-like images) for --warmup steps,
 then profiles --steps more and prints the operators that took the most time (self CPU time, forward
 and backward apart: autograd's backward nodes are named after the forward operator), the share of
-the step each took, and the step's milliseconds. --as-avx2 runs itself again in a fresh process with
-ATen's, oneDNN's and MKL's kernels limited to AVX2 (benchmark.AVX2); --flags passes train.py flags
+the step each took, and the step's milliseconds. --as-avx2 runs it with ATen's, oneDNN's and MKL's
+kernels limited to AVX2 (benchmark.AVX2, set as benchmark.py is imported); --flags passes train.py flags
 (e.g. "--batch-size 128"); --threads sets torch's threads (default: torch's, 2 on the project's machine).
 """
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 
@@ -22,6 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
+import benchmark  # noqa: E402, F401  (with --as-avx2 it runs this script again, limited to AVX2, before torch loads)
 
 
 def main():
@@ -34,10 +34,6 @@ def main():
     p.add_argument("--threads", type=int)
     p.add_argument("--as-avx2", action="store_true")
     args = p.parse_args()
-    if args.as_avx2:
-        from benchmark import AVX2
-        argv = [a for a in sys.argv[1:] if a != "--as-avx2"]
-        sys.exit(subprocess.call([sys.executable, __file__, *argv], env=dict(os.environ, **AVX2)))
 
     import torch
     import data
