@@ -414,8 +414,8 @@ def faster_step(config):
     backends = torch.backends.mkldnn.matmul, torch.backends.mkldnn.conv
     saved = [b.fp32_precision for b in backends]
     try:  # float32 products go to MKL unless oneDNN may use bfloat16; without AMX it runs float32 kernels
-        for b in backends:
-            b.fp32_precision = "bf16" if config["precision"] == "fp32-onednn" else b.fp32_precision
+        for b in backends if config["precision"] == "fp32-onednn" else ():
+            b.fp32_precision = "bf16"
         yield
     finally:
         for b, value in zip(backends, saved):
