@@ -11,7 +11,8 @@ so a drift of the machine's speed hits them alike), each a fresh `python train.p
 ("trained in X s"). Prints every run, then each arm's median and the ratio of each arm to the
 first, pair by pair (median, min, max). --as-avx2 limits ATen's, oneDNN's and MKL's kernels to AVX2,
 as on a processor without AVX-512 (benchmark.AVX2). A "+return-freed-memory" among an arm's flags
-runs train.py with glibc's default malloc (train.keep_freed_memory switched off). --json writes it all.
+runs train.py with glibc's default malloc (train.keep_freed_memory switched off); "+flush-denormals"
+with subnormal floats computed as zero (torch.set_flush_denormal). --json writes it all.
 """
 
 import argparse
@@ -28,7 +29,9 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from benchmark import AVX2  # noqa: E402
 
-PATCH = {"+return-freed-memory": "train.keep_freed_memory = lambda: False"}
+PATCH = {"+return-freed-memory": "train.keep_freed_memory = lambda: False",
+         "+flush-denormals": "train.torch.set_flush_denormal(True)",
+         "+torch-layout-convolutions": "train.channels_last_convolutions = lambda model: []"}
 
 
 def train_seconds(model, flags, out, data_dir, env):

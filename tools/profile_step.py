@@ -57,7 +57,7 @@ def main():
         optimizer.step()
 
     model.train()
-    with train.faster_step(config):
+    with train.faster_step(config, model):
         for i in range(args.warmup):
             step(i)
         t0 = time.perf_counter()
