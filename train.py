@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # others. epochs, batch_size, lr (Adam's peak): what reads out best within a fifth of the original's
 # training time (docs/experiments.md); the DAE's --long is the original's own training.
 TRAINING = {
-    "bae": dict(dataset="mnist", epochs=4, batch_size=128, lr=2e-3, long=dict(epochs=20),
+    "bae": dict(dataset="mnist", epochs=3, batch_size=96, lr=2e-3, long=dict(epochs=20, batch_size=128),
                 loss=lambda model, x, config, step, total: ae.bae_loss(model, x)),
     "dae": dict(dataset="variance", epochs=4, batch_size=96, lr=2.5e-3, noise_start=0.4,
                 long=dict(epochs=5, batch_size=32, lr=1e-3, lr_schedule="constant", noise_start=None),
@@ -112,7 +112,7 @@ def train(model, config, train_images, test_images, out, checkpoint=None):
         # the order is drawn on the CPU, so it is the same on every device: (steps, B) image indices
         batches = torch.randperm(n).to(device)[: steps * bs].view(steps, bs)
         losses, t0 = torch.zeros(steps, device=device), time.perf_counter()
-        with faster_step(config, model):  # how this machine computes a step fastest, not what (below the line)
+        with faster_step(config):  # how this machine computes a step fastest, not what (below the line)
             for step in range(steps):
                 x = data.make_batch(train_images[batches[step]], config["dataset"])  # (B, 1, 28, 28)
                 loss = loss_fn(model, x, epoch * steps + step, total_steps)
@@ -208,7 +208,7 @@ def main(argv=None):
 
 
 def get_parser():
-    def default(key, long=""):  # "(default: bae 4, dae 4, vae 4)": each model's default, or the shared one
+    def default(key, long=""):  # "(default: bae 3, dae 4, vae 4)": each model's default, or the shared one
         per_model = ", ".join(f"{m} {t[key]:g}" for m, t in TRAINING.items() if key in t)
         return f"(default: {per_model or SHARED_DEFAULTS[key]}{long})"
 
@@ -399,7 +399,7 @@ def interrupted(out, config):
 # -------------------------------------------------------------------------------------------------
 # Speed: how this machine computes a step, never what. Each setting here shortens a default run by a
 # tenth or more on a processor the project runs on (docs/experiments.md, "Speed levers"); the loop
-# applies them all in one line, `with faster_step(config, model)`.
+# applies them all in one line, `with faster_step(config)`.
 
 PRECISIONS = ["auto", "fp32", "fp32-onednn"]
 PRECISION_HELP = ("the step's arithmetic: float32 in torch's default kernels, or with the products in oneDNN's, faster "
@@ -408,13 +408,11 @@ PRECISION_HELP = ("the step's arithmetic: float32 in torch's default kernels, or
 
 
 @contextlib.contextmanager
-def faster_step(config, model):
-    # The steps inside the `with` run as config["precision"] says; oneDNN's setting is put back after,
-    # and the convolutions' hooks taken off.
+def faster_step(config):
+    # The steps inside the `with` run as config["precision"] says; oneDNN's setting is put back after.
     keep_freed_memory()
     backends = torch.backends.mkldnn.matmul, torch.backends.mkldnn.conv
     saved = [b.fp32_precision for b in backends]
-    hooks = channels_last_convolutions(model) if next(model.parameters()).device.type == "cpu" else []
     try:  # float32 products go to MKL unless oneDNN may use bfloat16; without AMX it runs float32 kernels
         for b in backends if config["precision"] == "fp32-onednn" else ():
             b.fp32_precision = "bf16"
@@ -422,19 +420,6 @@ def faster_step(config, model):
     finally:
         for b, value in zip(backends, saved):
             b.fp32_precision = value
-        for hook in hooks:
-            hook.remove()
-
-
-def channels_last_convolutions(model):
-    # oneDNN's AVX-512 kernels work on blocks of 16 channels: on torch's (B, C, H, W) layout a convolution
-    # with 1 or 6 channels computes 16, on channels-last (B, H, W, C) it does not. BatchNorm over so few
-    # channels is in turn slower channels-last; so each convolution alone reads its input channels-last
-    # and hands its output back in torch's layout. The hooks' handles, to take them off after.
-    convolutions = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
-    return [hook for m in convolutions for hook in (
-        m.register_forward_pre_hook(lambda m, args: (args[0].contiguous(memory_format=torch.channels_last),)),
-        m.register_forward_hook(lambda m, args, out: out.contiguous()))]
 
 
 def keep_freed_memory():

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import ae
-import data
 import evaluate
 import train
 from conftest import assert_clean_error, call_main
@@ -153,41 +152,6 @@ def test_fp32_never_touches_onednn(tmp_path):
     next(model.parameters()).register_hook(lambda grad: setting.add(onednn_setting()))
     train.train(model, config, tiny_images(50), tiny_images(20, 1), str(tmp_path))
     assert layers == {torch.float32} and setting == {before}
-
-
-CONVOLUTIONS = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
-
-
-@pytest.mark.parametrize("name", ["dae", "vae"])
-def test_the_step_gives_each_convolution_a_channels_last_input_and_changes_no_number(name):
-    # Inside faster_step each convolution reads its input channels-last and hands on its output in torch's
-    # layout (BatchNorm's); the loss and every gradient are those of the plain layout, to float32's
-    # rounding; after it no hook is left on the model.
-    torch.manual_seed(0)
-    model, x = ae.MODELS[name](4), data.make_batch(tiny_images(16), "variance")
-    loss_fn = train.loss_function({**train.SHARED_DEFAULTS, "model": name, "noise_start": 0.2, "kl_warmup": 0.0})
-
-    def loss_and_gradients():
-        torch.manual_seed(1)  # the same noise (the DAE's corruption, the VAE's sample) in both layouts
-        model.zero_grad()
-        loss = loss_fn(model, x)
-        loss.backward()
-        return loss.item(), [p.grad.clone() for p in model.parameters()]
-
-    plain = loss_and_gradients()
-    seen = []
-    with train.faster_step({"precision": "fp32"}, model):
-        spies = [m.register_forward_hook(lambda m, args, out: seen.append(
-                 (args[0].is_contiguous(memory_format=torch.channels_last), out.is_contiguous())))
-                 for m in model.modules() if isinstance(m, CONVOLUTIONS)]
-        hooked = loss_and_gradients()
-        for spy in spies:
-            spy.remove()
-    assert seen == [(True, True)] * len(spies) and len(spies) == 4  # each convolution, once
-    assert hooked[0] == pytest.approx(plain[0], rel=1e-5)
-    hooked, plain = (torch.cat([g.flatten() for g in run[1]]) for run in (hooked, plain))
-    assert (hooked - plain).norm() <= 1e-5 * plain.norm()  # sums in another order: float32's rounding
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 def test_the_choice_is_saved_in_metrics_json_and_resume_keeps_it(mnist_dir, tmp_path, capsys):

@@ -30,8 +30,7 @@ sys.path.insert(0, HERE)
 from benchmark import AVX2  # noqa: E402
 
 PATCH = {"+return-freed-memory": "train.keep_freed_memory = lambda: False",
-         "+flush-denormals": "train.torch.set_flush_denormal(True)",
-         "+torch-layout-convolutions": "train.channels_last_convolutions = lambda model: []"}
+         "+flush-denormals": "train.torch.set_flush_denormal(True)"}
 
 
 def train_seconds(model, flags, out, data_dir, env):

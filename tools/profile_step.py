@@ -57,7 +57,7 @@ def main():
         optimizer.step()
 
     model.train()
-    with train.faster_step(config, model):
+    with train.faster_step(config):
         for i in range(args.warmup):
             step(i)
         t0 = time.perf_counter()
