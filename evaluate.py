@@ -617,7 +617,7 @@ class UserError(Exception):
     """A mistake a person can fix; printed as one line, exit status 2. (train.py uses it too.)"""
 
 
-FORMAT = 1  # the version of the files train.py saves (model.pt, resume.pt); others are refused
+FORMAT = 2  # the version of the files train.py saves (model.pt, resume.pt); others are refused (2: the strided DAE)
 # The settings that decide what train.py computes, saved in every checkpoint (train.py's list is this one).
 CONFIG_KEYS = ["model", "dataset", "epochs", "batch_size", "lr", "lr_schedule", "noise_start", "kl_warmup",
                "n_components", "noise_std", "seed", "train_size", "precision"]

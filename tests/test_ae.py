@@ -40,8 +40,8 @@ def test_architectures_match_the_spec():
     linear = [m for m in bae.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linear] == [
         (784, 1000), (1000, 500), (500, 250), (250, k), (k, 250), (250, 500), (500, 1000), (1000, 784)]
-    # The DAE: the original implementation's layout with unpadded convolutions; BatchNorm after each
-    # conv's ReLU, none on the 250 features, and in the decoder after both transposed convolutions.
+    # The DAE: the original implementation's layout with unpadded convolutions, the second of stride 2;
+    # BatchNorm after each conv's ReLU, none on the 250 features, in the decoder after both transposed.
     dae = ae.DenoisingAE(k)
     kinds = {torch.nn.Conv2d: "conv", torch.nn.ConvTranspose2d: "convT", torch.nn.Linear: "linear",
              torch.nn.ReLU: "relu", torch.nn.BatchNorm1d: "bn", torch.nn.BatchNorm2d: "bn"}
@@ -50,7 +50,9 @@ def test_architectures_match_the_spec():
     assert [kinds[type(m)] for m in dae.decoder if type(m) in kinds] == [
         "linear", "relu", "linear", "relu", "convT", "relu", "bn", "convT", "relu", "bn"]
     assert [(m.in_features, m.out_features) for m in dae.modules() if isinstance(m, torch.nn.Linear)] == [
-        (6400, 250), (250, k), (k, 250), (250, 6400)]
+        (1600, 250), (250, k), (k, 250), (250, 1600)]
+    assert [m.stride for m in dae.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))] == [
+        (1, 1), (2, 2), (2, 2), (1, 1)]
     assert dae(torch.zeros(2, 1, 28, 28)).shape == (2, 1, 28, 28) and dae.encode(torch.zeros(2, 1, 28, 28)).shape == (2, k)
     vae = ae.VAE(k)
     assert [(m.in_features, m.out_features) for m in vae.modules() if isinstance(m, torch.nn.Linear)] == [

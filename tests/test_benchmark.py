@@ -43,9 +43,11 @@ def test_training_flops_per_image_by_hand():
     # layer's input gradient.
     bae = [784 * 1000, 1000 * 500, 500 * 250, 250 * 10, 10 * 250, 250 * 500, 500 * 1000, 1000 * 784]
     conv = [24 * 24 * 6 * 1 * 25, 20 * 20 * 16 * 6 * 25, 6400 * 250]  # Conv2d(1, 6, 5), Conv2d(6, 16, 5), Linear
-    # a stride-1 transposed convolution: each input element times out_channels * 5 * 5
-    dae = conv + [250 * 10, 10 * 250, 250 * 6400, 20 * 20 * 16 * 6 * 25, 24 * 24 * 6 * 1 * 25]
+    # a transposed convolution: each input element times out_channels * 5 * 5, whatever its stride
     vae = conv + [250 * 10, 250 * 10, 10 * 250, 250 * 6400, 20 * 20 * 16 * 6 * 25, 24 * 24 * 6 * 2 * 25]
+    # the DAE's second convolution has stride 2: 10 x 10 outputs, 1600 features
+    dae = [24 * 24 * 6 * 1 * 25, 10 * 10 * 16 * 6 * 25, 1600 * 250,
+           250 * 10, 10 * 250, 250 * 1600, 10 * 10 * 16 * 6 * 25, 24 * 24 * 6 * 1 * 25]
     for name, macs in (("bae", bae), ("dae", dae), ("vae", vae)):
         assert benchmark.training_flops_per_image(name) == 4 * macs[0] + 6 * sum(macs[1:]), name
 
