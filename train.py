@@ -37,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TRAINING = {
     "bae": dict(dataset="mnist", epochs=3, batch_size=96, lr=2e-3, long=dict(epochs=20, batch_size=128),
                 loss=lambda model, x, config, step, total: ae.bae_loss(model, x)),
-    "dae": dict(dataset="variance", epochs=4, batch_size=96, lr=2.5e-3, noise_start=0.4,
+    "dae": dict(dataset="variance", epochs=5, batch_size=96, lr=2.5e-3, noise_start=0.4,
                 long=dict(epochs=5, batch_size=32, lr=1e-3, lr_schedule="constant", noise_start=None),
                 loss=lambda model, x, config, step, total: ae.dae_loss(
                     model, x, noise_level(step, total, config["noise_start"], config["noise_std"]))),
@@ -208,7 +208,7 @@ def main(argv=None):
 
 
 def get_parser():
-    def default(key, long=""):  # "(default: bae 3, dae 4, vae 4)": each model's default, or the shared one
+    def default(key, long=""):  # "(default: bae 3, dae 5, vae 4)": each model's default, or the shared one
         per_model = ", ".join(f"{m} {t[key]:g}" for m, t in TRAINING.items() if key in t)
         return f"(default: {per_model or SHARED_DEFAULTS[key]}{long})"
 

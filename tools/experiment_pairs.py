@@ -19,7 +19,8 @@ the machine: compare them with each other, not with the benchmark's.
 
 An arm may also name changes that train.py has no flag for, as words starting with "+" among its
 flags (PATCHES below: Adam's betas, a one-cycle schedule, a corruption level that changes over the
-run, now train.py's --noise-start), so that a lever can be measured before it earns a place in train.py:
+run, now train.py's --noise-start; the DAE's layout before its stride), so that a lever can be measured
+before it earns a place in train.py, or one that left be measured again:
 
     --variant "+adam-beta2=0.999" --variant "+one-cycle --lr 5e-3" --variant "+noise-ramp=0.4,0.1"
 """
@@ -66,7 +67,28 @@ def noise_ramp(train, config, value):
     config["noise_start"], config["noise_std"] = (float(v) for v in value.split(","))
 
 
-PATCHES = {"adam-beta2": adam_beta2, "one-cycle": one_cycle, "noise-ramp": noise_ramp}
+def unstrided_dae(train, config, value=None):
+    # The DAE's layout until 2026-12-06: its second convolution, and the decoder's first transposed
+    # one, of stride 1 (16 x 20 x 20 = 6400 features); built in the order it was, so a seed gives
+    # the same initial weights as then
+    nn = train.torch.nn
+
+    class Unstrided(train.ae.DenoisingAE):
+        def __init__(self, n_components=10):
+            nn.Module.__init__(self)
+            self.n_components = n_components
+            self.encoder = nn.Sequential(
+                nn.Conv2d(1, 6, 5), nn.ReLU(), nn.BatchNorm2d(6), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.BatchNorm2d(16),
+                nn.Flatten(), nn.Linear(6400, 250), nn.ReLU(), nn.Linear(250, n_components))
+            self.decoder = nn.Sequential(
+                nn.Linear(n_components, 250), nn.ReLU(), nn.Linear(250, 6400), nn.ReLU(), nn.Unflatten(1, (16, 20, 20)),
+                nn.ConvTranspose2d(16, 6, 5), nn.ReLU(), nn.BatchNorm2d(6),
+                nn.ConvTranspose2d(6, 1, 5), nn.ReLU(), nn.BatchNorm2d(1))
+
+    train.ae.MODELS["dae"] = Unstrided
+
+
+PATCHES = {"adam-beta2": adam_beta2, "one-cycle": one_cycle, "noise-ramp": noise_ramp, "unstrided-dae": unstrided_dae}
 
 
 def one_run(model_name, flags, seed, data_dir, out, threads):
