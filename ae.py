@@ -83,12 +83,13 @@ def bae_loss(model, x):
 # shapes where a plain autoencoder of x does not: its K numbers cannot carry the 784 noise values
 # e, so its best output is about 0 whatever the digit.
 #
-# The layout is the original implementation's (module docstring), with unpadded convolutions, the
-# second of stride 2 (28 -> 24 -> 10, not 28 -> 26 -> 24): 1600 features meet the 250 units, not
-# 9216, and a step takes less than half the time; the decoder mirrors it. BatchNorm sits after each
-# ReLU of the convolutions, not on the 250 features, and in the decoder after both transposed
-# convolutions, the last one on the mask's logits (docs/experiments.md, "DAE layout"). In eval mode
-# each BatchNorm is a fixed affine map, so the mask of an image does not depend on the others.
+# The layout is the original implementation's (module docstring), made cheaper: 5x5 convolutions
+# unpadded (it padded by 1: 28 -> 26 -> 24, 9216 features) and the second of stride 2 (28 -> 24 -> 10),
+# so 1600 features meet the 250 units and a step takes about half the time. The decoder mirrors it;
+# output_padding=1 because a stride-2 convolution takes both 23 and 24 to 10. BatchNorm sits after
+# each conv's ReLU, not on the 250 features, and after both transposed convolutions, the last on the
+# mask's logits: each choice read out higher (docs/experiments.md, "DAE layout"). In eval mode each
+# BatchNorm is a fixed affine map, so an image's mask does not depend on the other images of its batch.
 
 
 class DenoisingAE(nn.Module):
@@ -169,9 +170,8 @@ def dae_loss(model, x, noise_std=0.2):
 #
 # min_logvar = -6 means a smallest standard deviation of exp(-3) ~ 0.05 in [0, 1] pixel units.
 #
-# The VAE's convolutional encoder and decoder: the DAE's, but no stride, BatchNorm before each ReLU
-# of the encoder, on the 250 features too, and none in the decoder. Two unpadded 5x5 convolutions
-# take 28x28 to 24x24 to 20x20, so the flat feature is 16*20*20=6400.
+# The VAE's encoder and decoder: the DAE's without the stride (28x28 -> 24x24 -> 20x20, 16*20*20=6400
+# features), BatchNorm before each ReLU of the encoder, on the 250 features too, none in the decoder.
 #
 # varianceMNIST pixels are signed and small (std ~0.3) and the shape is in their squares, so the
 # first layers start far from a useful scale; BatchNorm rescales them every step. Each model keeps

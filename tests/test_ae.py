@@ -53,7 +53,8 @@ def test_architectures_match_the_spec():
         (1600, 250), (250, k), (k, 250), (250, 1600)]
     assert [m.stride for m in dae.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))] == [
         (1, 1), (2, 2), (2, 2), (1, 1)]
-    assert dae(torch.zeros(2, 1, 28, 28)).shape == (2, 1, 28, 28) and dae.encode(torch.zeros(2, 1, 28, 28)).shape == (2, k)
+    x = torch.zeros(2, 1, 28, 28)
+    assert dae(x).shape == (2, 1, 28, 28) and dae.encode(x).shape == (2, k)
     vae = ae.VAE(k)
     assert [(m.in_features, m.out_features) for m in vae.modules() if isinstance(m, torch.nn.Linear)] == [
         (6400, 250), (250, k), (250, k), (k, 250), (250, 6400)]
