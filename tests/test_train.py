@@ -47,7 +47,7 @@ def test_every_flag_reaches_the_config_even_when_zero():
     assert (long_dae["epochs"], long_dae["batch_size"], long_dae["lr"]) == (5, 64, 1e-3)
     assert long_dae["lr_schedule"] == "warmup_cosine" and config_of("dae", "--long")["lr_schedule"] == "constant"
     assert config_of("dae", "--long")["batch_size"] == 32 and config_of("vae", "--long")["batch_size"] == 128
-    assert config_of("bae")["batch_size"] == 96 and config_of("bae", "--long")["batch_size"] == 128
+    assert config_of("bae")["batch_size"] == 112 and config_of("bae", "--long")["batch_size"] == 128
     assert [config_of(m)["epochs"] for m in ("bae", "dae", "vae")] == [3, 5, 4]  # docs/experiments.md, "length"
     assert config_of("dae")["lr_schedule"] == config_of("vae", "--long")["lr_schedule"] == "warmup_cosine"
     assert config_of("bae")["dataset"] == "mnist" and config_of("dae")["dataset"] == "variance"
