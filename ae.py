@@ -83,13 +83,13 @@ def bae_loss(model, x):
 # shapes where a plain autoencoder of x does not: its K numbers cannot carry the 784 noise values
 # e, so its best output is about 0 whatever the digit.
 #
-# The layout is the original implementation's (module docstring), made cheaper: 5x5 convolutions
-# unpadded (it padded by 1: 28 -> 26 -> 24, 9216 features) and the second of stride 2 (28 -> 24 -> 10),
-# so 1600 features meet the 250 units and a step takes about half the time. The decoder mirrors it;
-# output_padding=1 because a stride-2 convolution takes both 23 and 24 to 10. BatchNorm sits after
-# each conv's ReLU, not on the 250 features, and after both transposed convolutions, the last on the
-# mask's logits: each choice read out higher (docs/experiments.md, "DAE layout"). In eval mode each
-# BatchNorm is a fixed affine map, so an image's mask does not depend on the other images of its batch.
+# The original implementation's layout (module docstring), made cheaper: 5x5 convolutions unpadded
+# (it padded by 1: 28 -> 26 -> 24, 9216 features), the second of stride 2 (28 -> 24 -> 10), so 1600
+# features meet the 250 units and a step takes about half the time. The decoder mirrors it;
+# output_padding=1 because a stride-2 convolution takes both 23 and 24 to 10. BatchNorm rescales the
+# small signed features of varianceMNIST after each conv's ReLU (not on the 250 features) and after both
+# transposed convolutions, the last on the mask's logits: where its codes read out best (docs/experiments.md,
+# row "the DAE's layout"). In eval mode it is a fixed affine map: an image's mask ignores its batch.
 
 
 class DenoisingAE(nn.Module):
